@@ -1,0 +1,208 @@
+"""CLIP in Flax linen, computing exactly what open_clip's `CLIP` computes.
+
+Parameter names mirror open_clip's state-dict names (`visual/conv1`, `visual/transformer/
+resblocks_3/attn/in_proj`, `token_embedding`, `ln_final`, ...), so conversion to and from PyTorch is
+a short table in `clic_jax.interop`. Images are NHWC, normalized; tokens are int32 (N, L).
+
+Precision: parameters are float32; `dtype` is the compute dtype (bfloat16 on accelerators).
+LayerNorm, softmax and the final features are computed in float32, like open_clip's LayerNormFp32.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from clic_jax.models.registry import ClipConfig, TextConfig, VisionConfig
+
+Dtype = Any
+
+
+def quick_gelu(x):
+  return x * jax.nn.sigmoid(1.702 * x)
+
+
+def exact_gelu(x):
+  # torch.nn.GELU() is the erf form; flax's default is the tanh approximation, which differs ~1e-3.
+  return jax.nn.gelu(x, approximate=False)
+
+
+def _normal(std: float) -> Callable:
+  return nn.initializers.normal(stddev=std)
+
+
+class LayerNorm(nn.Module):
+  """torch LayerNorm (eps 1e-5) computed in float32; output in `dtype` (like LayerNormFp32)."""
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    features = x.shape[-1]
+    scale = self.param("scale", nn.initializers.ones, (features,), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros, (features,), jnp.float32)
+    x32 = x.astype(jnp.float32)
+    mean = x32.mean(-1, keepdims=True)
+    var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + 1e-5) * scale + bias
+    return y.astype(self.dtype)
+
+
+class MultiHeadAttention(nn.Module):
+  """torch.nn.MultiheadAttention with a fused input projection (q, k, v stacked in that order)."""
+  width: int
+  heads: int
+  causal: bool
+  init_std: float
+  out_std: float
+  dtype: Dtype = jnp.float32
+  attention_impl: str | None = None   # None: XLA picks; "cudnn": flash attention on GPUs.
+
+  @nn.compact
+  def __call__(self, x):
+    b, t, _ = x.shape
+    head_dim = self.width // self.heads
+    qkv = nn.Dense(3 * self.width, dtype=self.dtype, kernel_init=_normal(self.init_std),
+                   name="in_proj")(x)
+    q, k, v = jnp.split(qkv.reshape(b, t, 3, self.heads, head_dim), 3, axis=2)
+    out = jax.nn.dot_product_attention(
+        q[:, :, 0], k[:, :, 0], v[:, :, 0], is_causal=self.causal,
+        implementation=self.attention_impl)
+    out = out.reshape(b, t, self.width)
+    return nn.Dense(self.width, dtype=self.dtype, kernel_init=_normal(self.out_std),
+                    name="out_proj")(out)
+
+
+class Mlp(nn.Module):
+  width: int
+  hidden: int
+  quick_gelu: bool
+  fc_std: float
+  proj_std: float
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=_normal(self.fc_std), name="c_fc")(x)
+    x = quick_gelu(x) if self.quick_gelu else exact_gelu(x)
+    return nn.Dense(self.width, dtype=self.dtype, kernel_init=_normal(self.proj_std),
+                    name="c_proj")(x)
+
+
+class ResidualAttentionBlock(nn.Module):
+  width: int
+  heads: int
+  mlp_ratio: float
+  layers: int           # depth of the whole stack; sets the init scale like open_clip
+  causal: bool
+  quick_gelu: bool
+  dtype: Dtype = jnp.float32
+  attention_impl: str | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    attn_std = self.width ** -0.5
+    proj_std = attn_std * (2 * self.layers) ** -0.5
+    fc_std = (2 * self.width) ** -0.5
+    attn = MultiHeadAttention(self.width, self.heads, self.causal, attn_std, proj_std, self.dtype,
+                              self.attention_impl, name="attn")
+    mlp = Mlp(self.width, int(self.width * self.mlp_ratio), self.quick_gelu, fc_std, proj_std,
+              self.dtype, name="mlp")
+    x = x + attn(LayerNorm(self.dtype, name="ln_1")(x))
+    x = x + mlp(LayerNorm(self.dtype, name="ln_2")(x))
+    return x
+
+
+class Transformer(nn.Module):
+  width: int
+  layers: int
+  heads: int
+  mlp_ratio: float
+  causal: bool
+  quick_gelu: bool
+  dtype: Dtype = jnp.float32
+  remat: bool = False
+  attention_impl: str | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    block = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
+    for i in range(self.layers):
+      x = block(self.width, self.heads, self.mlp_ratio, self.layers, self.causal, self.quick_gelu,
+                self.dtype, self.attention_impl, name=f"resblocks_{i}")(x)
+    return x
+
+
+class VisionTransformer(nn.Module):
+  cfg: VisionConfig
+  output_dim: int
+  quick_gelu: bool
+  dtype: Dtype = jnp.float32
+  remat: bool = False
+  attention_impl: str | None = None
+
+  @nn.compact
+  def __call__(self, images):
+    c = self.cfg
+    scale = c.width ** -0.5
+    x = nn.Conv(c.width, (c.patch_size, c.patch_size), strides=(c.patch_size, c.patch_size),
+                padding="VALID", use_bias=False, dtype=self.dtype, name="conv1")(
+                    images.astype(self.dtype))
+    b = x.shape[0]
+    x = x.reshape(b, -1, c.width)                       # (B, grid*grid, width), row-major patches
+    cls = self.param("class_embedding", _normal(scale), (c.width,), jnp.float32)
+    pos = self.param("positional_embedding", _normal(scale), (c.grid * c.grid + 1, c.width),
+                     jnp.float32)
+    x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, c.width)), x], axis=1)
+    x = x + pos.astype(self.dtype)
+    x = LayerNorm(self.dtype, name="ln_pre")(x)
+    x = Transformer(c.width, c.layers, c.heads, c.mlp_ratio, False, self.quick_gelu, self.dtype,
+                    self.remat, self.attention_impl, name="transformer")(x)
+    pooled = LayerNorm(jnp.float32, name="ln_post")(x[:, 0])   # ln over tokens then [0] == ln of [0]
+    proj = self.param("proj", _normal(scale), (c.width, self.output_dim), jnp.float32)
+    return pooled @ proj
+
+
+class CLIP(nn.Module):
+  """open_clip's CLIP: `visual` tower plus a text tower whose parameters live at the top level."""
+  cfg: ClipConfig
+  dtype: Dtype = jnp.float32
+  remat: bool = False
+  attention_impl: str | None = None
+
+  def setup(self):
+    c: TextConfig = self.cfg.text
+    self.visual = VisionTransformer(self.cfg.vision, self.cfg.embed_dim, self.cfg.quick_gelu,
+                                    self.dtype, self.remat, self.attention_impl)
+    self.token_embedding = nn.Embed(c.vocab_size, c.width, embedding_init=_normal(0.02),
+                                    param_dtype=jnp.float32, dtype=self.dtype)
+    self.positional_embedding = self.param("positional_embedding", _normal(0.01),
+                                           (c.context_length, c.width), jnp.float32)
+    self.transformer = Transformer(c.width, c.layers, c.heads, c.mlp_ratio, True,
+                                   self.cfg.quick_gelu, self.dtype, self.remat, self.attention_impl)
+    self.ln_final = LayerNorm(jnp.float32)
+    self.text_projection = self.param("text_projection", _normal(c.width ** -0.5),
+                                      (c.width, self.cfg.embed_dim), jnp.float32)
+    self.logit_scale = self.param("logit_scale", nn.initializers.constant(math.log(1 / 0.07)),
+                                  (), jnp.float32)
+
+  def encode_image(self, images):
+    """images: (N, H, W, 3) float, normalized. Returns unnormalized float32 features (N, D)."""
+    return self.visual(images)
+
+  def encode_text(self, tokens):
+    """tokens: (N, L) int, L <= context_length. Returns unnormalized float32 features (N, D)."""
+    tokens = jnp.asarray(tokens)
+    x = self.token_embedding(tokens)
+    x = x + self.positional_embedding[: tokens.shape[1]].astype(self.dtype)
+    x = self.transformer(x)
+    x = self.ln_final(x)
+    # Pool at the end-of-text token, which has the largest id in CLIP's vocabulary.
+    pooled = jnp.take_along_axis(x, jnp.argmax(tokens, axis=-1)[:, None, None], axis=1)[:, 0]
+    return pooled @ self.text_projection
+
+  def __call__(self, images, tokens):
+    """Returns (image_features, text_features, logit_scale multiplier exp(logit_scale))."""
+    return self.encode_image(images), self.encode_text(tokens), jnp.exp(self.logit_scale)
