@@ -1,0 +1,165 @@
+r"""Evaluates a clic_jax training workdir or open_clip weights on the compositionality benchmarks.
+
+  python -m clic_jax.evaluate --workdir=/ckpt/clic_b32 \
+      --benchmarks=sugarcrepe,sugarcrepe_pp,winoground \
+      --sugarcrepe_dir=sugar-crepe/data --sugarcrepe_pp_dir=scpp/data --coco_dir=coco/val2017 \
+      --winoground_dir=winoground/data --out=results.json
+
+  python -m clic_jax.evaluate --open_clip=model.safetensors --model=ViT-B-32-quickgelu \
+      --benchmarks=zeroshot,retrieval --imagenet_dir=imagenet \
+      --retrieval_json=coco_karpathy_test.json --retrieval_image_root=coco
+
+--open_clip also takes a pretrained tag (with --model) and open_clip's `hf-hub:ORG/REPO` and
+`local-dir:DIR` names, which carry their own architecture. Without --benchmarks, every benchmark
+whose data flags are set runs. The JSON maps benchmark -> metric -> fraction in [0, 1].
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+from absl import app, flags, logging
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "A clic_jax training workdir to evaluate.")
+_OPEN_CLIP = flags.DEFINE_string(
+    "open_clip", None, "open_clip weights: a file (.safetensors/.bin/.pt), a pretrained tag "
+    "(e.g. openai), hf-hub:ORG/REPO or local-dir:DIR.")
+_MODEL = flags.DEFINE_string("model", None, "Architecture name for --open_clip, e.g. "
+                             "ViT-B-32-quickgelu (not needed for hf-hub:/local-dir:).")
+_BENCHMARKS = flags.DEFINE_list(
+    "benchmarks", [], "Comma list of: sugarcrepe, sugarcrepe_pp, winoground, zeroshot, "
+    "classification, retrieval. Default: all whose data flags are set.")
+_SUGARCREPE_DIR = flags.DEFINE_string("sugarcrepe_dir", None,
+                                      "Folder with SugarCrepe's add_obj.json ... swap_att.json.")
+_SUGARCREPE_PP_DIR = flags.DEFINE_string(
+    "sugarcrepe_pp_dir", None, "Folder with SugarCrepe++'s replace_obj.json ... swap_att.json.")
+_COCO_DIR = flags.DEFINE_string("coco_dir", None, "Folder holding the COCO val2017 images "
+                                "(SugarCrepe++ runs text-only without it).")
+_WINOGROUND_DIR = flags.DEFINE_string("winoground_dir", None,
+                                      "Folder with Winoground's examples.jsonl and images/.")
+_IMAGENET_DIR = flags.DEFINE_string(
+    "imagenet_dir", None, "ImageNet: an image folder (val/ or class folders in sorted wnid "
+    "order) or a TFDS data_dir holding imagenet2012.")
+_IMAGENET_SPLIT = flags.DEFINE_string("imagenet_split", "validation", "TFDS split for ImageNet.")
+_MAX_EXAMPLES = flags.DEFINE_integer("zeroshot_max_examples", None, "Evaluate a random subset "
+                                     "(NumPy seed 1) of this many classification images.")
+_CLASSIFICATION_DIR = flags.DEFINE_string("classification_dir", None,
+                                          "Any class-per-subfolder dataset for 'classification'.")
+_CLASSNAMES_FILE = flags.DEFINE_string("classnames_file", None, "Class names for "
+                                       "--classification_dir (JSON list or one per line).")
+_TEMPLATES_FILE = flags.DEFINE_string("templates_file", None, "Prompt templates with {c} "
+                                      "(JSON list or one per line); default: OpenAI's 80.")
+_RETRIEVAL_JSON = flags.DEFINE_string("retrieval_json", None, "Karpathy test split JSON "
+                                      "(coco_karpathy_test.json / flickr30k_test.json).")
+_RETRIEVAL_IMAGE_ROOT = flags.DEFINE_string("retrieval_image_root", None,
+                                            "Folder the retrieval JSON's image paths are under.")
+_BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Global batch size (over all devices).")
+_OUT = flags.DEFINE_string("out", None, "Write the results as JSON to this file.")
+_ON_MISSING = flags.DEFINE_enum("on_missing", "skip", ["skip", "error"],
+                                "Missing images / malformed lines: count and report, or stop.")
+
+
+def load_model():
+  """(model, params) from --workdir or --open_clip."""
+  if bool(_WORKDIR.value) == bool(_OPEN_CLIP.value):
+    raise app.UsageError("Pass exactly one of --workdir or --open_clip.")
+  if _WORKDIR.value:
+    try:
+      from clic_jax.train.checkpoint import load_params_for_eval
+    except ImportError as e:
+      raise app.UsageError(f"--workdir needs clic_jax.train.checkpoint.load_params_for_eval, "
+                           f"which this installation lacks ({e}).") from e
+    from clic_jax.models import build_model
+    name, params = load_params_for_eval(_WORKDIR.value)
+    return build_model(name), params
+  from clic_jax.interop import load_open_clip
+  source = _OPEN_CLIP.value
+  has_own_architecture = source.startswith(("hf-hub:", "local-dir:"))
+  if _MODEL.value is None and not has_own_architecture:
+    raise app.UsageError("--open_clip with a file or tag needs --model=NAME "
+                         "(e.g. ViT-B-32-quickgelu).")
+  return load_open_clip(_MODEL.value, source)
+
+
+def _require(benchmark: str, **values) -> None:
+  missing = [f"--{name}" for name, value in values.items() if not value]
+  if missing:
+    raise app.UsageError(f"Benchmark {benchmark} needs {', '.join(missing)}.")
+
+
+def benchmark_kwargs(names: list[str]) -> dict[str, dict]:
+  """Per-benchmark keyword arguments from the flags, with one clear error per missing flag."""
+  out = {}
+  for name in names:
+    if name == "sugarcrepe":
+      _require(name, sugarcrepe_dir=_SUGARCREPE_DIR.value, coco_dir=_COCO_DIR.value)
+      out[name] = {"data_dir": _SUGARCREPE_DIR.value, "coco_dir": _COCO_DIR.value}
+    elif name == "sugarcrepe_pp":
+      _require(name, sugarcrepe_pp_dir=_SUGARCREPE_PP_DIR.value)
+      out[name] = {"data_dir": _SUGARCREPE_PP_DIR.value, "coco_dir": _COCO_DIR.value}
+    elif name == "winoground":
+      out[name] = {"data_dir": _WINOGROUND_DIR.value}   # None: the Hugging Face copy
+    elif name == "zeroshot":
+      _require(name, imagenet_dir=_IMAGENET_DIR.value)
+      out[name] = {"imagenet_dir": _IMAGENET_DIR.value, "split": _IMAGENET_SPLIT.value,
+                   "max_examples": _MAX_EXAMPLES.value}
+    elif name == "classification":
+      _require(name, classification_dir=_CLASSIFICATION_DIR.value,
+               classnames_file=_CLASSNAMES_FILE.value)
+      out[name] = {"data_dir": _CLASSIFICATION_DIR.value, "classnames": _CLASSNAMES_FILE.value,
+                   "templates": _TEMPLATES_FILE.value, "max_examples": _MAX_EXAMPLES.value}
+    elif name == "retrieval":
+      _require(name, retrieval_json=_RETRIEVAL_JSON.value)
+      root = _RETRIEVAL_IMAGE_ROOT.value or os.path.dirname(os.path.abspath(_RETRIEVAL_JSON.value))
+      out[name] = {"annotation_file": _RETRIEVAL_JSON.value, "image_root": root}
+    else:
+      from clic_jax.evaluate.registry import BENCHMARKS
+      raise app.UsageError(f"Unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}.")
+  return out
+
+
+def default_benchmarks() -> list[str]:
+  """The benchmarks whose data flags are set."""
+  chosen = []
+  if _SUGARCREPE_DIR.value:
+    chosen.append("sugarcrepe")
+  if _SUGARCREPE_PP_DIR.value:
+    chosen.append("sugarcrepe_pp")
+  if _WINOGROUND_DIR.value:
+    chosen.append("winoground")
+  if _IMAGENET_DIR.value:
+    chosen.append("zeroshot")
+  if _CLASSIFICATION_DIR.value:
+    chosen.append("classification")
+  if _RETRIEVAL_JSON.value:
+    chosen.append("retrieval")
+  return chosen
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  names = _BENCHMARKS.value or default_benchmarks()
+  if not names:
+    raise app.UsageError("Nothing to evaluate: pass --benchmarks and their data flags.")
+  kwargs = benchmark_kwargs(names)                 # flag errors before the model loads
+  from clic_jax.evaluate import EvalDataError, evaluate, format_table
+  model, params = load_model()
+  start = time.time()
+  try:
+    results = evaluate(model, params, kwargs, batch_size=_BATCH_SIZE.value,
+                       on_missing=_ON_MISSING.value)
+  except EvalDataError as e:
+    raise SystemExit(f"error: {e}") from None
+  logging.info("evaluation took %.1f s", time.time() - start)
+  print(format_table(results))
+  if _OUT.value:
+    os.makedirs(os.path.dirname(os.path.abspath(_OUT.value)), exist_ok=True)
+    with open(_OUT.value, "w", encoding="utf-8") as f:
+      json.dump(results, f, indent=2)
+    print(f"wrote {_OUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)

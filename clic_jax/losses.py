@@ -1,0 +1,219 @@
+"""Contrastive losses of CLIP and CLIC, written over the global batch.
+
+Every function here is pure, jit-friendly (no Python branching on array values) and does its math in
+float32 whatever the dtype of its inputs, so a bf16 forward pass still gets fp32 logits and losses
+(CLIC_SPEC C7, H10).
+
+Why the global batch: the reference averages each GPU's loss over its local anchors and DDP averages
+the gradients, which is exactly the gradient of one loss over all W*B anchors (CLIC_SPEC B5). Writing
+the loss on the global arrays lets XLA shard it however the mesh says, and one device with global
+batch B gives the reference's multi-GPU number (H12).
+
+Notation: B images, D embedding dims, P positive caption sets [p1, p2, p3, p4, ...], s the logit
+scale multiplier exp(logit_scale). All embeddings passed in are already L2-normalized.
+
+Every loss returns `(loss, metrics)` where metrics is a dict of fp32 scalars with the same keys for
+both losses (so CLIP and CLIC steps log the same columns):
+  loss              the total that is differentiated
+  contrastive_loss  (img_to_txt_loss + txt_to_img_loss) / 2, before its weight
+  img_to_txt_loss   image -> text cross-entropy, averaged over positive sets
+  txt_to_img_loss   text -> image cross-entropy, averaged over positive sets
+  sneg_loss         the separate 2-way hard-negative loss, before its weight (0 when absent)
+  uni_modal_loss    mean_b sum_d (p1 - p2)^2, before its weight (0 when not computed)
+  accuracy          percent of anchors ranked correctly (CLIC_SPEC C5)
+Each term is its own array, never an in-place alias of the total (the reference's F26 logging bug).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+# Similarity matmuls run at full fp32 precision: TPUs and GPUs otherwise round fp32 matmul inputs to
+# bf16/tf32, and with s = 100 that error is visible in the loss.
+_PRECISION = jax.lax.Precision.HIGHEST
+
+METRIC_NAMES = ("loss", "contrastive_loss", "img_to_txt_loss", "txt_to_img_loss", "sneg_loss",
+                "uni_modal_loss", "accuracy")
+
+
+def l2_normalize(x, eps: float = 1e-12, axis: int = -1):
+  """x / max(||x||, eps) along `axis`, in float32 (torch.nn.functional.normalize semantics).
+
+  Written with rsqrt(max(|x|^2, eps^2)) so the gradient stays finite for an all-zero row.
+  """
+  x = jnp.asarray(x, jnp.float32)
+  sq_norm = jnp.sum(jnp.square(x), axis=axis, keepdims=True)
+  return x * jax.lax.rsqrt(jnp.maximum(sq_norm, eps * eps))
+
+
+def mean_cosine(image_emb, text_emb):
+  """Mean cosine similarity between row-aligned image and text embeddings (need not be normalized).
+
+  The reference logs this (detached) between the images and the first B text rows (CLIC_SPEC B4).
+  """
+  image = l2_normalize(image_emb)
+  text = l2_normalize(text_emb)
+  return jnp.mean(jnp.sum(image * text, axis=-1))
+
+
+def _similarity(a, b, scale):
+  """scale * a @ b.T in fp32 at full precision; a (..., N, D), b (..., M, D) -> (..., N, M)."""
+  return scale * jnp.einsum("...nd,...md->...nm", a, b, precision=_PRECISION)
+
+
+def _diagonal_cross_entropy(logits, logsumexp_rows):
+  """Mean over rows of CE where row j's label is column j: mean_j (lse_j - logits[j, j])."""
+  own = jnp.diagonal(logits, axis1=-2, axis2=-1)
+  return jnp.mean(logsumexp_rows - own, axis=-1)
+
+
+def _own_caption_is_argmax(logits):
+  """Row j's argmax (first index on ties, like torch/jnp argmax) is column j; (..., N, N) -> (..., N)."""
+  return jnp.argmax(logits, axis=-1) == jnp.arange(logits.shape[-1])
+
+
+def _metrics(*, loss, contrastive, i2t, t2i, sneg, uni, accuracy):
+  values = dict(loss=loss, contrastive_loss=contrastive, img_to_txt_loss=i2t, txt_to_img_loss=t2i,
+                sneg_loss=sneg, uni_modal_loss=uni, accuracy=accuracy)
+  return {name: jnp.asarray(values[name], jnp.float32) for name in METRIC_NAMES}
+
+
+def _check_embeddings(image_emb, pos_emb, neg_emb):
+  """Shape checks (static, so they cost nothing under jit) with messages that name the argument."""
+  if image_emb.ndim != 2:
+    raise ValueError(f"image_emb must be (B, D), got shape {image_emb.shape}.")
+  batch, dim = image_emb.shape
+  if pos_emb.ndim != 3 or pos_emb.shape[1:] != (batch, dim):
+    raise ValueError(f"pos_emb must be (P, B, D) = (P, {batch}, {dim}) to match image_emb, got "
+                     f"shape {pos_emb.shape}; stack the positive sets on a new leading axis.")
+  if pos_emb.shape[0] < 1:
+    raise ValueError("pos_emb needs at least one positive set (P >= 1).")
+  if neg_emb is not None and neg_emb.shape != (batch, dim):
+    raise ValueError(f"neg_emb must be (B, D) = ({batch}, {dim}) or None, got shape "
+                     f"{neg_emb.shape}.")
+
+
+def _is_static_zero(weight) -> bool:
+  """True only for a concrete Python/NumPy zero, so a traced weight never skips its term."""
+  return isinstance(weight, (int, float)) and weight == 0
+
+
+def clip_loss(image_emb, text_emb, scale):
+  """Standard symmetric CLIP loss over the global batch (CLIC_SPEC C1).
+
+  Args:
+    image_emb: (B, D) L2-normalized image embeddings.
+    text_emb: (B, D) L2-normalized text embeddings; row j is image j's caption.
+    scale: scalar logit multiplier exp(logit_scale); gradients flow into it.
+
+  Returns:
+    (loss, metrics) with loss = (CE_i2t + CE_t2i) / 2, unweighted, and accuracy = 100 * fraction of
+    images whose highest-scoring caption is their own.
+  """
+  image = jnp.asarray(image_emb, jnp.float32)
+  text = jnp.asarray(text_emb, jnp.float32)
+  if image.ndim != 2 or text.shape != image.shape:
+    raise ValueError(f"clip_loss needs image_emb and text_emb of the same (B, D) shape, got "
+                     f"{image.shape} and {text.shape}.")
+  scale = jnp.asarray(scale, jnp.float32)
+  logits = _similarity(image, text, scale)  # (B, B): rows are images, columns texts
+  i2t = _diagonal_cross_entropy(logits, jax.nn.logsumexp(logits, axis=-1))
+  t2i = _diagonal_cross_entropy(logits.T, jax.nn.logsumexp(logits.T, axis=-1))
+  contrastive = (i2t + t2i) / 2
+  accuracy = 100.0 * jnp.mean(_own_caption_is_argmax(logits).astype(jnp.float32))
+  zero = jnp.zeros((), jnp.float32)
+  return contrastive, _metrics(loss=contrastive, contrastive=contrastive, i2t=i2t, t2i=t2i,
+                               sneg=zero, uni=zero, accuracy=accuracy)
+
+
+def uni_modal_loss(p1, p2):
+  """mean over the batch of sum_d (p1 - p2)^2 (CLIC_SPEC C3; summed, not averaged, over D)."""
+  p1 = jnp.asarray(p1, jnp.float32)
+  p2 = jnp.asarray(p2, jnp.float32)
+  return jnp.mean(jnp.sum(jnp.square(p1 - p2), axis=-1))
+
+
+def clic_loss(image_emb, pos_emb, neg_emb, scale, cont=0.5, sneg=0.5, uni=1.0,
+              separate_negatives: bool = True):
+  """CLIC multi-positive contrastive loss with hard negatives, over the global batch.
+
+  Args:
+    image_emb: (B, D) L2-normalized image embeddings (the concatenated images in a CLIC step).
+    pos_emb: (P, B, D) L2-normalized positive captions, sets in the order [p1, p2, p3, p4, ...];
+      pos_emb[i, j] is a positive of image j.
+    neg_emb: (B, D) L2-normalized hard negative of each image, or None for no negatives.
+    scale: scalar logit multiplier exp(logit_scale); gradients flow into it.
+    cont, sneg, uni: weights of the contrastive, separate hard-negative and uni-modal terms. They may
+      be Python floats or traced scalars. A Python 0 for `uni` (or P == 1) skips the uni-modal term.
+    separate_negatives: must be a Python bool (static under jit).
+      True (the CLIC default, CLIC_SPEC C2 + C3): for set i the image->text CE runs over the B
+        captions of set i only (negatives excluded), text->image over the B images; the hard
+        negative enters through a 2-way CE on [s<I_j, p_ij>, s<I_j, n_j>] with target 0. Each term is
+        averaged over the P sets, and
+          loss = cont * (i2t + t2i) / 2 + sneg * L_sneg + uni * L_uni.
+      False (the unified variant used by NegCLIP, CLIC_SPEC C4): for set i the image->text CE runs
+        over the B captions of set i plus all B negatives (2B columns); text->image as above; there
+        is no 2-way term, and like the reference
+          loss = (i2t + t2i) / 2 + uni * L_uni,
+        i.e. `cont` and `sneg` are NOT applied in this variant (CLIC_SPEC F9); pass them anyway, they
+        are ignored.
+
+  The uni-modal term is mean_b sum_d (p1 - p2)^2 on the first two sets (CLIC_SPEC C3). The
+  single-image baseline (CLIC_SPEC D11) is this function with uni=0.
+
+  Returns:
+    (loss, metrics); accuracy (C5) is, per set, the percent of images whose i2t argmax is their own
+    caption and (separate variant, with negatives) whose positive scores >= their negative (a tie
+    counts as correct, like argmax picking index 0); in the unified variant, the argmax over the
+    combined 2B columns must be the own caption. It is averaged over the P sets.
+  """
+  if not isinstance(separate_negatives, bool):
+    raise TypeError("separate_negatives must be a Python bool (mark it static under jax.jit), got "
+                    f"{type(separate_negatives).__name__}.")
+  image = jnp.asarray(image_emb, jnp.float32)
+  pos = jnp.asarray(pos_emb, jnp.float32)
+  neg = None if neg_emb is None else jnp.asarray(neg_emb, jnp.float32)
+  _check_embeddings(image, pos, neg)
+  scale = jnp.asarray(scale, jnp.float32)
+  num_sets = pos.shape[0]
+
+  # logits[i, j, k] = s <I_j, p_ik>: set i's image->text logits; its transpose is text->image.
+  pos_logits = _similarity(image[None], pos, scale)  # (P, B, B)
+  own_pos = jnp.diagonal(pos_logits, axis1=-2, axis2=-1)  # (P, B): s <I_j, p_ij>
+  i2t_logsumexp = jax.nn.logsumexp(pos_logits, axis=-1)  # (P, B)
+  t2i_logsumexp = jax.nn.logsumexp(pos_logits, axis=-2)  # (P, B): column j = caption j's row
+  correct = _own_caption_is_argmax(pos_logits)  # (P, B)
+  zero = jnp.zeros((), jnp.float32)
+
+  sneg_loss = zero
+  if neg is not None:
+    if separate_negatives:
+      own_neg = scale * jnp.sum(image * neg, axis=-1)  # (B,): s <I_j, n_j>
+      # 2-way CE with target 0: lse(pos, neg) - pos = softplus(neg - pos).
+      sneg_loss = jnp.mean(jax.nn.softplus(own_neg[None] - own_pos))
+      correct = correct & (own_pos >= own_neg[None])
+    else:
+      neg_logits = _similarity(image, neg, scale)  # (B, B): s <I_j, n_k>, shared by every set
+      # lse over the concatenated columns [set i | all negatives] without materializing the concat.
+      i2t_logsumexp = jnp.logaddexp(i2t_logsumexp, jax.nn.logsumexp(neg_logits, axis=-1)[None])
+      # argmax over [set i | negatives] is the own caption iff it is the first max of set i and no
+      # negative beats it (negatives come after, so a tie resolves to the caption).
+      correct = correct & (own_pos >= jnp.max(neg_logits, axis=-1)[None])
+
+  i2t = jnp.mean(i2t_logsumexp - own_pos)  # mean over sets of per-set mean CE
+  t2i = jnp.mean(t2i_logsumexp - own_pos)
+  contrastive = (i2t + t2i) / 2
+
+  uni_loss = zero
+  if num_sets > 1 and not _is_static_zero(uni):
+    uni_loss = uni_modal_loss(pos[0], pos[1])
+
+  if separate_negatives:
+    total = cont * contrastive + sneg * sneg_loss + uni * uni_loss
+  else:
+    total = contrastive + uni * uni_loss  # the reference applies no cont/sneg here (F9)
+  total = jnp.asarray(total, jnp.float32)
+  accuracy = 100.0 * jnp.mean(correct.astype(jnp.float32))
+  return total, _metrics(loss=total, contrastive=contrastive, i2t=i2t, t2i=t2i, sneg=sneg_loss,
+                         uni=uni_loss, accuracy=accuracy)

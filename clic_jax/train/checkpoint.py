@@ -1,0 +1,102 @@
+"""Checkpoints: orbax, asynchronous, keeping the last N, with the data iterator inside.
+
+A checkpoint under WORKDIR/checkpoints/<step>/ holds three items:
+  params  the full parameter tree (trainable and frozen): enough to evaluate or export;
+  train   {"step", "opt_state"}: what resuming needs beyond the parameters;
+  data    the grain iterator state, so a resumed run sees exactly the batches it would have seen.
+WORKDIR/model.json records the architecture, so evaluation and export need only the workdir.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+
+from clic_jax.models import ClipConfig, config_from_open_clip, config_to_open_clip
+from clic_jax.train import optimizer as opt_lib
+
+MODEL_FILE = "model.json"
+
+
+def _abstract(tree):
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+
+
+class Checkpointer:
+  def __init__(self, workdir: str | Path, keep: int = 3, use_async: bool = True):
+    self.directory = Path(workdir).absolute() / "checkpoints"
+    self.manager = ocp.CheckpointManager(
+        self.directory,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+                                             enable_async_checkpointing=use_async))
+
+  def latest_step(self) -> int | None:
+    return self.manager.latest_step()
+
+  def save(self, step: int, state, data_iterator=None, force: bool = False) -> bool:
+    items = dict(params=ocp.args.StandardSave(state.params),
+                 train=ocp.args.StandardSave({"step": state.step, "opt_state": state.opt_state}))
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+    return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+
+  def restore(self, state, data_iterator=None, step: int | None = None):
+    """Restores into the shapes and shardings of `state` (and the iterator in place)."""
+    step = self.latest_step() if step is None else step
+    items = dict(params=ocp.args.StandardRestore(_abstract(state.params)),
+                 train=ocp.args.StandardRestore(
+                     _abstract({"step": state.step, "opt_state": state.opt_state})))
+    if data_iterator is not None:
+      items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+    restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+    mask = jax.tree.map(lambda _: False, state.frozen)
+    mask = opt_lib.merge(jax.tree.map(lambda _: True, state.trainable), mask)
+    trainable, frozen = opt_lib.split_trainable(restored["params"], mask)
+    return state.replace(step=restored["train"]["step"], trainable=trainable, frozen=frozen,
+                         opt_state=restored["train"]["opt_state"])
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def reached_preemption(self, step: int) -> bool:
+    """True on every host once any host got a preemption notice (JAX's multi-host sync)."""
+    try:
+      return bool(self.manager.reached_preemption(step))
+    except Exception:                               # noqa: BLE001 - no distributed service
+      return False
+
+  def close(self):
+    self.manager.wait_until_finished()
+    self.manager.close()
+
+
+def write_model_info(workdir: str | Path, model_name: str, cfg: ClipConfig) -> None:
+  Path(workdir).mkdir(parents=True, exist_ok=True)
+  info = {"name": model_name, "model_cfg": config_to_open_clip(cfg)}
+  (Path(workdir) / MODEL_FILE).write_text(json.dumps(info, indent=2))
+
+
+def read_model_info(workdir: str | Path) -> tuple[str, ClipConfig]:
+  path = Path(workdir) / MODEL_FILE
+  if not path.is_file():
+    raise FileNotFoundError(f"{workdir} is not a clic_jax training workdir (no {MODEL_FILE}).")
+  info = json.loads(path.read_text())
+  return info["name"], config_from_open_clip(info["model_cfg"])
+
+
+def load_params_for_eval(workdir: str | Path, step: int | None = None) -> tuple[ClipConfig, Any]:
+  """(architecture, params) of a workdir's latest (or given) checkpoint, as host numpy arrays."""
+  _, cfg = read_model_info(workdir)
+  directory = Path(workdir).absolute() / "checkpoints"
+  if not directory.is_dir():
+    raise FileNotFoundError(f"{workdir} has no checkpoints/ folder: nothing to load.")
+  with ocp.CheckpointManager(directory) as manager:
+    step = manager.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"No checkpoint in {directory}.")
+    restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
+  return cfg, jax.device_get(restored["params"])

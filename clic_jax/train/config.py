@@ -1,0 +1,75 @@
+"""Defaults of every training option: configs/*.py start from `default_config()` and override.
+
+The defaults are the reference's main CLIC run (CLIC_SPEC §G) with clic_jax's decisions (§H).
+"""
+from __future__ import annotations
+
+import ml_collections
+
+
+def default_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.name = "ViT-B-32-quickgelu"
+  c.model.dtype = "auto"            # bfloat16 on accelerators, float32 on CPU; params stay float32
+  c.model.remat = False             # rematerialize transformer blocks (large models, big batches)
+  c.model.attention_impl = ""       # "" lets XLA choose; "cudnn" = flash attention on NVIDIA GPUs
+  c.init_from = ""                  # open_clip weights: file, tag ("openai"), hf-hub:, local-dir:
+
+  c.data = ml_collections.ConfigDict()
+  c.data.csv = ""                   # reference CSV (no header): image path, sentence 1, 2, ...
+  c.data.image_root = ""
+  c.data.arrayrecord_dir = ""       # output of `python -m clic_jax.data.prepare`
+  c.data.tfds_name = ""             # any TFDS image-caption dataset prepared as ArrayRecord
+  c.data.tfds_data_dir = ""
+  c.data.tfds_split = "train"
+  c.data.mode = "clic"              # clic | negclip (D10) | baseline (D11)
+  c.data.num_extra_positives = 2    # p3, p4
+  c.data.concat_image_norm = "clip"  # "imagenet" reproduces the reference's concatenated images
+  c.data.num_threads = 0            # grain reader threads; 0: one per CPU core
+  c.data.prefetch_batches = 0       # batches read ahead; 0: the pipeline's default
+  c.data.mp_workers = 0
+  c.data.pos_backend = "auto"
+
+  c.global_batch_size = 800         # the reference: 4 GPUs x 200
+  c.total_steps = 0                 # > 0 overrides num_epochs
+  c.num_epochs = 1
+  c.hard_negative_freq = 1.0        # 1: CLIC and CLIP steps alternate, CLIC first (D1)
+  c.alternate_with_clip = True
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.cont = 0.5
+  c.loss.sneg = 0.5
+  c.loss.uni = 1.0
+  c.loss.separate_negatives = True
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-6
+  c.optim.lr_start = 1e-7
+  c.optim.lr_end = 1e-8
+  c.optim.warmup_fraction = 0.2
+  c.optim.weight_decay = 0.1
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.98
+  c.optim.eps = 1e-8
+  c.optim.grad_accum_steps = 1
+  c.optim.clip_grad_norm = 0.0      # 0: off, like the reference
+  c.freeze = ("^visual/",)          # regexes on parameter paths; the reference freezes the ViT
+  c.clamp_logit_scale = True        # H4; False reproduces the reference (never clamped)
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.fsdp = 1                   # > 1 shards params and optimizer state over that many devices
+
+  c.log_every_steps = 10
+  c.checkpoint_every_steps = 500
+  c.keep_checkpoints = 3
+  c.async_checkpointing = True
+  c.tensorboard = True
+  c.eval_every_steps = 0            # 0: no evaluation during training
+  c.eval_batch_size = 256
+  c.evals = ml_collections.ConfigDict()   # benchmark name -> its arguments (see clic_jax.evaluate)
+  c.export_open_clip = True         # WORKDIR/open_clip/ at the end: open_clip weights + config
+  c.debug_sigterm_at_step = 0       # tests: send ourselves SIGTERM after this step
+  return c

@@ -1,0 +1,111 @@
+"""Train state and the jitted update step (one function per step kind: clic, clip, negclip).
+
+A batch goes: texts (B, K, L) -> one batched encode_text call over all K*B captions (K = P
+positives + 1 negative for CLIC, 1 for CLIP) -> L2-normalize -> loss over the global batch (the
+reference's multi-GPU loss, CLIC_SPEC B5) -> gradient w.r.t. the trainable half of the parameters
+only. The frozen half (the vision tower by default) is a constant of the differentiated function,
+so XLA runs no backward pass through it and the optimizer keeps no state for it.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+
+from clic_jax import losses
+from clic_jax.train import optimizer as opt_lib
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array            # int32 scalar: optimizer updates done
+  trainable: Any             # parameters that receive gradients
+  frozen: Any                # parameters that never change (same tree shape, disjoint leaves)
+  opt_state: Any
+
+  @property
+  def params(self):
+    return opt_lib.merge(self.trainable, self.frozen)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossWeights:
+  cont: float = 0.5
+  sneg: float = 0.5
+  uni: float = 1.0
+  separate_negatives: bool = True
+
+
+def create_state(params, tx: optax.GradientTransformation, freeze) -> TrainState:
+  trainable, frozen = opt_lib.split_trainable(params, opt_lib.trainable_mask(params, freeze))
+  return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, frozen=frozen,
+                    opt_state=tx.init(trainable))
+
+
+def _embed(model, params, batch):
+  """Normalized image (B, D) and text (K, B, D) embeddings; texts in one encode_text call."""
+  texts = batch["texts"]
+  b, k, length = texts.shape
+  flat = jnp.swapaxes(texts, 0, 1).reshape(k * b, length)    # [p1 block | p2 block | ... | neg]
+  img = model.apply({"params": params}, batch["images"], method="encode_image")
+  txt = model.apply({"params": params}, flat, method="encode_text")
+  img = losses.l2_normalize(img.astype(jnp.float32))
+  txt = losses.l2_normalize(txt.astype(jnp.float32)).reshape(k, b, -1)
+  return img, txt
+
+
+def loss_for_kind(kind: str, weights: LossWeights) -> Callable:
+  """(image (B,D), texts (K,B,D), scale) -> (loss, metrics) for a step kind."""
+  if kind == "clip":
+    return lambda img, txt, scale: losses.clip_loss(img, txt[0], scale)
+  if kind == "clic":
+    return lambda img, txt, scale: losses.clic_loss(
+        img, txt[:-1], txt[-1], scale, cont=weights.cont, sneg=weights.sneg, uni=weights.uni,
+        separate_negatives=weights.separate_negatives)
+  if kind == "negclip":    # D10: one positive, negatives inside the contrastive softmax (C4)
+    return lambda img, txt, scale: losses.clic_loss(
+        img, txt[:1], txt[1], scale, cont=1.0, sneg=0.0, uni=0.0, separate_negatives=False)
+  raise ValueError(f"unknown step kind {kind!r}")
+
+
+def make_train_step(model, tx: optax.GradientTransformation, kind: str, weights: LossWeights,
+                    clamp_logit_scale: bool = True, schedule: Callable | None = None):
+  """The pure update function (state, batch) -> (state, metrics) for one step kind.
+
+  A step whose loss or gradient is not finite leaves the state unchanged and reports
+  `nonfinite=1`; the loop then stops the run, so no checkpoint ever holds NaNs.
+  """
+  compute_loss = loss_for_kind(kind, weights)
+
+  def loss_fn(trainable, frozen, batch):
+    params = opt_lib.merge(trainable, frozen)
+    img, txt = _embed(model, params, batch)
+    return compute_loss(img, txt, jnp.exp(params["logit_scale"].astype(jnp.float32)))
+
+  def step(state: TrainState, batch):
+    (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+        state.trainable, state.frozen, batch)
+    updates, opt_state = tx.update(grads, state.opt_state, state.trainable)
+    trainable = optax.apply_updates(state.trainable, updates)
+    if clamp_logit_scale:
+      trainable = opt_lib.clamp_logit_scale(trainable)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep_if_finite = lambda n, o: jnp.where(finite, n, o)
+    new = TrainState(step=state.step + 1,
+                     trainable=jax.tree.map(keep_if_finite, trainable, state.trainable),
+                     frozen=state.frozen,
+                     opt_state=jax.tree.map(keep_if_finite, opt_state, state.opt_state))
+    params = opt_lib.merge(new.trainable, new.frozen)
+    metrics = dict(metrics, loss=loss, grad_norm=grad_norm,
+                   logit_scale=jnp.exp(params["logit_scale"]),
+                   nonfinite=(~finite).astype(jnp.int32))
+    if schedule is not None:
+      metrics["lr"] = schedule(state.step)
+    return new, metrics
+
+  return step

@@ -1,0 +1,199 @@
+"""Record sources (CSV, ArrayRecord via prepare, TFDS) and image decoding of every bad-input kind."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clic_jax.data import images, sources
+
+
+def _save(path, size=(64, 48), mode="RGB", fmt=None, color=(200, 30, 30)):
+  if mode in ("I;16",):
+    img = Image.fromarray(np.full(size[::-1], 40000, np.uint16))
+  elif mode == "P":
+    img = Image.new("RGB", size, color).convert("P")
+  elif mode == "CMYK":
+    img = Image.new("CMYK", size, (0, 200, 200, 0))
+  elif mode == "RGBA":
+    img = Image.new("RGBA", size, color + (0,))
+    img.paste((10, 200, 10, 255), (0, 0, size[0] // 2, size[1]))
+  else:
+    img = Image.new(mode, size, color)
+  img.save(path, fmt)
+  return path
+
+
+def _write_csv(path, rows, raw_lines=()):
+  with open(path, "w", newline="") as f:
+    w = csv.writer(f)
+    for r in rows:
+      w.writerow(r)
+    for line in raw_lines:
+      f.write(line + "\n")
+  return str(path)
+
+
+# --- images --------------------------------------------------------------------------------------
+
+def test_decode_modes_and_bad_files(tmp_path):
+  good = {
+      "cmyk.jpg": _save(tmp_path / "cmyk.jpg", mode="CMYK"),
+      "pal.png": _save(tmp_path / "pal.png", mode="P"),
+      "rgba.png": _save(tmp_path / "rgba.png", mode="RGBA"),
+      "i16.png": _save(tmp_path / "i16.png", mode="I;16"),
+      "gray.png": _save(tmp_path / "gray.png", mode="L", color=90),
+  }
+  for name, path in good.items():
+    img = images.decode_rgb(str(path))
+    assert img.mode == "RGB" and img.size == (64, 48), name
+  rgba = np.asarray(images.decode_rgb(str(good["rgba.png"])))
+  assert rgba[:, 40:].max() == 0           # fully transparent -> black (A5)
+  assert tuple(rgba[0, 0]) == (10, 200, 10)
+  i16 = np.asarray(images.decode_rgb(str(good["i16.png"])))
+  assert abs(int(i16[0, 0, 0]) - round(40000 / 257)) <= 1  # rescaled, not clipped to 255
+
+  jpeg = tmp_path / "full.jpg"
+  Image.fromarray(np.random.default_rng(0).integers(0, 255, (80, 80, 3), np.uint8)).save(jpeg)
+  (tmp_path / "trunc.jpg").write_bytes(jpeg.read_bytes()[:len(jpeg.read_bytes()) // 2])
+  (tmp_path / "empty.jpg").write_bytes(b"")
+  (tmp_path / "text.jpg").write_bytes(b"this is not an image at all")
+  expect = {"trunc.jpg": "truncated_image", "empty.jpg": "empty_image", "text.jpg": "not_an_image",
+            "missing.jpg": "missing_image"}
+  for name, reason in expect.items():
+    with pytest.raises(images.ImageError) as e:
+      images.decode_rgb(str(tmp_path / name))
+    assert e.value.reason == reason
+
+
+def test_huge_image_and_views(tmp_path):
+  path = tmp_path / "huge.png"
+  Image.new("RGB", (6000, 4000), (1, 2, 3)).save(path)  # ~100 KB on disk, 24 Mpixel decoded
+  assert images.image_size(str(path)) == (6000, 4000)
+  img = images.decode_rgb(str(path), (32, 16))
+  pair = images.concat_pair(img, img, images.aspect_class(*img.size), 32)
+  assert pair.shape == (32, 32, 3) and pair.dtype == np.uint8
+  single = images.clip_val_view(img, 32)
+  assert single.shape == (32, 32, 3) and tuple(single[5, 5]) == (1, 2, 3)
+
+
+def test_concat_layout_and_normalization():
+  red, blue = Image.new("RGB", (30, 60), (255, 0, 0)), Image.new("RGB", (30, 60), (0, 0, 255))
+  side = images.concat_pair(red, blue, "higher", 16)        # portrait: side by side
+  assert tuple(side[8, 2]) == (255, 0, 0) and tuple(side[8, 13]) == (0, 0, 255)
+  stacked = images.concat_pair(red, blue, "wider", 16)      # landscape/square: stacked
+  assert tuple(stacked[2, 8]) == (255, 0, 0) and tuple(stacked[13, 8]) == (0, 0, 255)
+  assert images.aspect_class(10, 10) == "wider" and images.aspect_class(9, 10) == "higher"
+  norm = images.normalizer("imagenet")(np.full((1, 1, 3), 255, np.uint8))
+  np.testing.assert_allclose(norm[0, 0], (1 - np.array(images.IMAGENET_MEAN)) /
+                             np.array(images.IMAGENET_STD), rtol=1e-6)
+  clip = images.normalizer("clip")(side)
+  np.testing.assert_array_equal(images.denormalize(clip, "clip"), side)
+  with pytest.raises(ValueError, match="normalization"):
+    images.normalizer("nope")
+
+
+# --- CSV -----------------------------------------------------------------------------------------
+
+def test_csv_source_counts_every_bad_row(tmp_path):
+  root = tmp_path / "imgs"
+  root.mkdir()
+  _save(root / "a.jpg", (64, 48))
+  _save(root / "b.png", (48, 64))
+  _save(tmp_path / "abs.jpg", (50, 50))
+  (root / "empty.jpg").write_bytes(b"")
+  rows = [
+      ["a.jpg", "A Dog On Grass", "Extra One", "", "extra two"],  # empty column dropped
+      ["b.png", "a cat"],                                          # no extra sentences: usable
+      [str(tmp_path / "abs.jpg"), "absolute path wins"],
+      ["doc.txt", "not an image"],                                 # extension
+      ["missing.jpg", "no file"],                                  # missing file
+      ["empty.jpg", "empty file"],
+      ["a.jpg", "?!..."],                                          # punctuation only
+      ["a.jpg", ""],                                               # empty caption
+      ["only_one_column.jpg"],                                     # wrong column count
+  ]
+  path = _write_csv(tmp_path / "d.csv", rows, raw_lines=['a.jpg,"bad "quote" here,x', ""])
+  src = sources.CsvSource(path, str(root))
+  assert len(src) == 8 - 1  # doc.txt dropped at parse time; too-few-columns too; others indexed
+  rec = src[0]
+  assert rec["sentences"] == ["a dog on grass", "extra one", "extra two"]  # lowercased (A1)
+  assert rec["aspect"] == "wider" and rec["image"] == str(root / "a.jpg")
+  assert src[1]["aspect"] == "higher" and src[2]["image"] == str(tmp_path / "abs.jpg")
+  report = src.report
+  assert report["not_image_extension"] == 1 and report["too_few_columns"] == 1
+  assert report["malformed_csv_row"] == 1
+  assert report["missing_image"] == 1 and report["empty_image"] == 1
+  assert report["unusable_caption"] == 2
+  assert list(src.aspects == sources.UNUSABLE) == [False] * 3 + [True] * 4
+
+
+def test_csv_pos_sidecar_is_used(tmp_path):
+  _save(tmp_path / "a.jpg")
+  path = _write_csv(tmp_path / "d.csv", [["a.jpg", "Red Cube", "", "blue ball"]])
+  tags = [[["Red", "ADJ"], ["Cube", "NOUN"]], [], [["blue", "ADJ"], ["ball", "NOUN"]]]
+  (tmp_path / "d.csv.pos.jsonl").write_text(json.dumps({"tags": tags}) + "\n")
+  rec = sources.CsvSource(path, str(tmp_path))[0]
+  assert rec["tags"] == [[("red", "ADJ"), ("cube", "NOUN")], [("blue", "ADJ"), ("ball", "NOUN")]]
+
+
+def test_open_source_errors(tmp_path):
+  with pytest.raises(ValueError, match="exactly one"):
+    sources.open_source(sources.SourceSpec())
+  with pytest.raises(FileNotFoundError, match="does not exist"):
+    sources.open_source(sources.SourceSpec(csv=str(tmp_path / "nope.csv")))
+  with pytest.raises(FileNotFoundError, match="prepare"):
+    sources.open_source(sources.SourceSpec(arrayrecord_dir=str(tmp_path)))
+
+
+def test_record_encoding_roundtrip():
+  meta = {"sentences": ["ünïcode caption"], "aspect": "wider"}
+  got_meta, got_bytes = sources.decode_record(sources.encode_record(meta, b"\xff\xd8jpeg"))
+  assert got_meta == meta and got_bytes == b"\xff\xd8jpeg"
+  with pytest.raises(ValueError, match="magic"):
+    sources.decode_record(b"garbage")
+
+
+# --- TFDS ----------------------------------------------------------------------------------------
+
+def test_tfds_array_record_source(tmp_path):
+  import tensorflow_datasets as tfds
+
+  class TinyCaptions(tfds.core.GeneratorBasedBuilder):
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+      return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+          "image": tfds.features.Image(encoding_format="jpeg"),
+          "captions": tfds.features.Sequence({"text": tfds.features.Text()}),
+          "id": tfds.features.Scalar(np.int64)}))
+
+    def _split_generators(self, dl_manager):
+      return {"train": self._generate_examples()}
+
+    def _generate_examples(self):
+      for i in range(6):
+        buf = io.BytesIO()
+        size = (40, 20) if i % 2 else (20, 40)
+        Image.new("RGB", size, (i * 30, 0, 0)).save(buf, "JPEG")
+        caps = [{"text": f"A Box Number {i}"}, {"text": "second caption"}] if i != 5 else \
+               [{"text": "..."}]
+        yield i, {"image": buf.getvalue(), "captions": caps, "id": i}
+
+  builder = TinyCaptions(data_dir=str(tmp_path), file_format="array_record")
+  builder.download_and_prepare()
+  for src in (sources.open_source(sources.SourceSpec(tfds_builder_dir=builder.data_dir)),
+              sources.TfdsSource("tiny_captions", data_dir=str(tmp_path))):
+    assert len(src) == 6 and src.caption_key == "captions/text"
+    assert src.report == {"unusable_caption": 1}
+    records = [src[i] for i in range(6)]
+    usable = [r for r, a in zip(records, src.aspects) if a != sources.UNUSABLE]
+    assert len(usable) == 5
+    for r in usable:
+      assert r["sentences"][0].startswith("a box number") and r["sentences"][1] == "second caption"
+      w, h = images.image_size(r["image"])
+      assert r["aspect"] == images.aspect_class(w, h)

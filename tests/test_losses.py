@@ -1,0 +1,298 @@
+"""clic_jax.losses against an independent NumPy implementation of the reference's equations.
+
+The NumPy reference mirrors the PyTorch code's structure rather than ours: W ranks each hold B/W
+images and their texts in blocks [p1 | p2 | ... | pP | neg], all texts are "gathered", columns are
+picked by index modulo the per-rank text count, labels are rank * B_local + j, each rank averages over
+its own anchors and the ranks are averaged (DDP). Log-sum-exp is written by hand, in float64. Equality
+with the global-batch JAX loss for W = 1 and W = 2 is the B5 equivalence the design relies on.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from clic_jax import losses
+
+
+def _normalized(rng, *shape):
+  x = rng.standard_normal(shape)
+  return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _logsumexp(row):
+  top = max(row)
+  return top + math.log(sum(math.exp(v - top) for v in row))
+
+
+def _cross_entropy(row, label):
+  return _logsumexp(row) - row[label]
+
+
+def _first_argmax(row):
+  best = 0
+  for k, v in enumerate(row):
+    if v > row[best]:
+      best = k
+  return best
+
+
+def reference_clip(image, text, scale, world=1):
+  """C1 on `world` ranks: returns dict of loss terms, averaged over ranks."""
+  image, text = np.asarray(image, np.float64), np.asarray(text, np.float64)
+  local = image.shape[0] // world
+  per_rank = []
+  for rank in range(world):
+    rows = range(rank * local, (rank + 1) * local)
+    i2t = t2i = acc = 0.0
+    for j, row in enumerate(rows):
+      label = rank * local + j
+      logits_img = [scale * float(image[row] @ text[c]) for c in range(len(text))]
+      logits_txt = [scale * float(text[row] @ image[c]) for c in range(len(image))]
+      i2t += _cross_entropy(logits_img, label)
+      t2i += _cross_entropy(logits_txt, label)
+      acc += float(_first_argmax(logits_img) == label)
+    per_rank.append((i2t / local, t2i / local, 100 * acc / local))
+  i2t, t2i, acc = np.mean(per_rank, axis=0)
+  return dict(loss=(i2t + t2i) / 2, img_to_txt_loss=i2t, txt_to_img_loss=t2i, accuracy=acc)
+
+
+def reference_clic(image, pos, neg, scale, cont, sneg, uni, separate, world=1):
+  """C2-C5 exactly as the reference computes them on `world` ranks."""
+  image = np.asarray(image, np.float64)
+  num_sets, batch, _ = pos.shape
+  local = batch // world
+  has_neg = neg is not None
+  blocks = num_sets + int(has_neg)
+  texts_per_rank = blocks * local
+
+  # Each rank's local texts [p1 | ... | pP | neg], then gathered in rank order.
+  def local_texts(rank):
+    rows = slice(rank * local, (rank + 1) * local)
+    parts = [pos[i, rows] for i in range(num_sets)] + ([neg[rows]] if has_neg else [])
+    return np.concatenate(parts).astype(np.float64)
+
+  all_texts = np.concatenate([local_texts(r) for r in range(world)])
+  terms = {k: [] for k in ("i2t", "t2i", "sneg", "uni", "acc")}
+  for rank in range(world):
+    texts = local_texts(rank)
+    my_images = image[rank * local:(rank + 1) * local]
+    logits_per_image = scale * my_images @ all_texts.T  # (local, world * T)
+    logits_per_text = scale * texts @ image.T  # (T, world * local)
+    i2t = t2i = neg_loss = acc = 0.0
+    for i in range(num_sets):
+      pos_block = range(i * local, (i + 1) * local)
+      neg_block = range(num_sets * local, (num_sets + 1) * local)
+      keep = [c for c in range(world * texts_per_rank)
+              if c % texts_per_rank in pos_block
+              or (not separate and has_neg and c % texts_per_rank in neg_block)]
+      for j in range(local):
+        label = (2 * local if (not separate and has_neg) else local) * rank + j
+        row = [logits_per_image[j, c] for c in keep]
+        i2t += _cross_entropy(row, label)
+        t2i += _cross_entropy(list(logits_per_text[i * local + j]), rank * local + j)
+        correct = _first_argmax(row) == label
+        if separate and has_neg:
+          two_way = [logits_per_image[j, rank * texts_per_rank + i * local + j],
+                     logits_per_image[j, rank * texts_per_rank + num_sets * local + j]]
+          neg_loss += _cross_entropy(two_way, 0)
+          correct = correct and _first_argmax(two_way) == 0
+        acc += float(correct)
+    terms["i2t"].append(i2t / (num_sets * local))
+    terms["t2i"].append(t2i / (num_sets * local))
+    terms["sneg"].append(neg_loss / (num_sets * local))
+    terms["acc"].append(100 * acc / (num_sets * local))
+    uni_loss = 0.0
+    if num_sets > 1 and uni != 0:
+      p1, p2 = texts[:local], texts[local:2 * local]
+      uni_loss = sum(sum((p1[j, d] - p2[j, d]) ** 2 for d in range(p1.shape[1]))
+                     for j in range(local)) / local
+    terms["uni"].append(uni_loss)
+  m = {k: float(np.mean(v)) for k, v in terms.items()}
+  contrastive = (m["i2t"] + m["t2i"]) / 2
+  if separate:
+    total = cont * contrastive + sneg * m["sneg"] + uni * m["uni"]
+  else:
+    total = contrastive + uni * m["uni"]
+  return dict(loss=total, contrastive_loss=contrastive, img_to_txt_loss=m["i2t"],
+              txt_to_img_loss=m["t2i"], sneg_loss=m["sneg"], uni_modal_loss=m["uni"],
+              accuracy=m["acc"])
+
+
+def _assert_metrics_close(got, want):
+  for name, value in want.items():
+    np.testing.assert_allclose(float(got[name]), value, rtol=1e-5, atol=1e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("batch,dim,scale,world", [(4, 8, 1.0, 1), (6, 5, 100.0, 2), (8, 16, 14.3, 4)])
+def test_clip_loss_matches_reference(batch, dim, scale, world):
+  rng = np.random.default_rng(batch)
+  image, text = _normalized(rng, batch, dim), _normalized(rng, batch, dim)
+  loss, metrics = losses.clip_loss(image.astype(np.float32), text.astype(np.float32), scale)
+  want = reference_clip(image, text, scale, world=world)
+  _assert_metrics_close(metrics, want)
+  np.testing.assert_allclose(float(loss), want["loss"], rtol=1e-5)
+  assert float(metrics["sneg_loss"]) == 0.0 and float(metrics["uni_modal_loss"]) == 0.0
+  assert set(metrics) == set(losses.METRIC_NAMES)
+  assert all(v.dtype == jnp.float32 and v.shape == () for v in metrics.values())
+
+
+CLIC_CASES = [
+    # batch, dim, num_sets, scale, with_neg, separate, (cont, sneg, uni), world
+    (4, 8, 4, 100.0, True, True, (0.5, 0.5, 1.0), 1),
+    (6, 6, 4, 100.0, True, True, (0.5, 0.5, 1.0), 2),
+    (4, 3, 2, 5.0, True, True, (0.3, 0.9, 0.0), 2),
+    (5, 7, 1, 20.0, True, True, (0.5, 0.5, 1.0), 1),
+    (6, 4, 3, 100.0, False, True, (1.0, 0.5, 2.0), 3),
+    (4, 8, 1, 100.0, True, False, (0.5, 0.5, 1.0), 2),  # NegCLIP: P = 1, unified
+    (6, 5, 4, 30.0, True, False, (0.5, 0.5, 1.0), 2),
+    (4, 6, 2, 1.0, False, False, (0.5, 0.5, 0.7), 1),
+    (8, 4, 4, 100.0, True, True, (0.5, 0.5, 0.0), 4),  # the single-image baseline weights
+]
+
+
+@pytest.mark.parametrize("batch,dim,num_sets,scale,with_neg,separate,weights,world", CLIC_CASES)
+def test_clic_loss_matches_reference(batch, dim, num_sets, scale, with_neg, separate, weights, world):
+  rng = np.random.default_rng(batch * 100 + dim * 10 + num_sets)
+  image = _normalized(rng, batch, dim)
+  pos = _normalized(rng, num_sets, batch, dim)
+  neg = _normalized(rng, batch, dim) if with_neg else None
+  cont, sneg, uni = weights
+  loss, metrics = losses.clic_loss(
+      image.astype(np.float32), pos.astype(np.float32),
+      None if neg is None else neg.astype(np.float32), scale, cont=cont, sneg=sneg, uni=uni,
+      separate_negatives=separate)
+  want = reference_clic(image, pos, neg, scale, cont, sneg, uni, separate, world=world)
+  _assert_metrics_close(metrics, want)
+  np.testing.assert_allclose(float(loss), want["loss"], rtol=1e-5, atol=1e-5)
+
+
+def test_one_set_without_negatives_is_clip_loss():
+  rng = np.random.default_rng(0)
+  image, text = _normalized(rng, 5, 6), _normalized(rng, 5, 6)
+  clip, _ = losses.clip_loss(image, text, 30.0)
+  for separate in (True, False):
+    clic, _ = losses.clic_loss(image, text[None], None, 30.0, cont=1.0, sneg=1.0, uni=1.0,
+                               separate_negatives=separate)
+    np.testing.assert_allclose(float(clic), float(clip), rtol=1e-6)
+
+
+def test_aligned_embeddings_give_full_accuracy_and_small_loss():
+  batch, num_sets = 4, 4
+  image = np.eye(batch, 8, dtype=np.float32)
+  pos = np.stack([image] * num_sets)
+  neg = np.roll(np.eye(batch, 8, dtype=np.float32), 4, axis=1)  # orthogonal to every image
+  for separate in (True, False):
+    loss, metrics = losses.clic_loss(image, pos, neg, 100.0, separate_negatives=separate)
+    assert float(metrics["accuracy"]) == 100.0
+    assert float(loss) < 1e-3
+    assert float(metrics["uni_modal_loss"]) == 0.0  # p1 == p2
+  _, clip_metrics = losses.clip_loss(image, image, 100.0)
+  assert float(clip_metrics["accuracy"]) == 100.0
+
+
+def test_tie_between_positive_and_negative_counts_correct():
+  image = np.eye(3, 4, dtype=np.float32)
+  pos = image[None]
+  _, metrics = losses.clic_loss(image, pos, image.copy(), 10.0, separate_negatives=True)
+  assert float(metrics["accuracy"]) == 100.0
+  np.testing.assert_allclose(float(metrics["sneg_loss"]), math.log(2), rtol=1e-6)
+
+
+def test_negative_equal_to_positive_raises_sneg_loss():
+  rng = np.random.default_rng(3)
+  image = _normalized(rng, 6, 8).astype(np.float32)
+  pos = np.stack([image + 0.1 * rng.standard_normal(image.shape) for _ in range(2)])
+  pos = (pos / np.linalg.norm(pos, axis=-1, keepdims=True)).astype(np.float32)
+  far_neg = -image
+  # A negative that is the image itself beats every positive.
+  _, easy = losses.clic_loss(image, pos, far_neg, 50.0)
+  _, hard = losses.clic_loss(image, pos, image, 50.0)
+  assert float(hard["sneg_loss"]) > float(easy["sneg_loss"]) + 1.0
+  assert float(hard["accuracy"]) == 0.0 and float(easy["accuracy"]) == 100.0
+
+
+def test_uni_modal_term():
+  rng = np.random.default_rng(4)
+  image = _normalized(rng, 4, 6).astype(np.float32)
+  p1 = _normalized(rng, 4, 6).astype(np.float32)
+  p2 = _normalized(rng, 4, 6).astype(np.float32)
+  same = np.stack([p1, p1])
+  _, metrics = losses.clic_loss(image, same, None, 10.0, uni=1.0)
+  assert float(metrics["uni_modal_loss"]) == 0.0
+  loss_on, on = losses.clic_loss(image, np.stack([p1, p2]), None, 10.0, uni=1.0)
+  loss_off, off = losses.clic_loss(image, np.stack([p1, p2]), None, 10.0, uni=0.0)
+  want = np.mean(np.sum((p1.astype(np.float64) - p2) ** 2, axis=-1))
+  np.testing.assert_allclose(float(on["uni_modal_loss"]), want, rtol=1e-6)
+  assert float(off["uni_modal_loss"]) == 0.0
+  np.testing.assert_allclose(float(loss_on) - float(loss_off), want, rtol=1e-5)
+  # Logged terms are separate from the total (F26): the total includes uni, contrastive does not.
+  assert float(on["contrastive_loss"]) == pytest.approx(float(off["contrastive_loss"]))
+  assert float(on["loss"]) != pytest.approx(float(on["contrastive_loss"]))
+
+
+def test_bfloat16_inputs_compute_in_float32():
+  rng = np.random.default_rng(5)
+  image = _normalized(rng, 4, 8)
+  pos = _normalized(rng, 2, 4, 8)
+  neg = _normalized(rng, 4, 8)
+  loss, metrics = losses.clic_loss(jnp.asarray(image, jnp.bfloat16), jnp.asarray(pos, jnp.bfloat16),
+                                   jnp.asarray(neg, jnp.bfloat16), jnp.asarray(100.0, jnp.bfloat16))
+  assert loss.dtype == jnp.float32 and metrics["accuracy"].dtype == jnp.float32
+  as_fp32 = [np.asarray(jnp.asarray(x, jnp.bfloat16), np.float32) for x in (image, pos, neg)]
+  want, _ = losses.clic_loss(*as_fp32, 100.0)
+  np.testing.assert_allclose(float(loss), float(want), rtol=1e-6)
+
+
+def test_gradients_finite_and_jit_matches_eager():
+  rng = np.random.default_rng(6)
+  image = _normalized(rng, 4, 8).astype(np.float32)
+  pos = _normalized(rng, 4, 4, 8).astype(np.float32)
+  neg = _normalized(rng, 4, 8).astype(np.float32)
+
+  def total(image, pos, neg, log_scale, separate):
+    return losses.clic_loss(image, pos, neg, jnp.exp(log_scale), separate_negatives=separate)[0]
+
+  for separate in (True, False):
+    grads = jax.grad(total, argnums=(0, 1, 2, 3))(image, pos, neg, jnp.log(100.0), separate)
+    for g in grads:
+      assert np.all(np.isfinite(np.asarray(g)))
+    assert float(grads[3]) != 0.0  # the logit scale trains
+
+  jitted = jax.jit(losses.clic_loss, static_argnames="separate_negatives")
+  loss, metrics = jitted(image, pos, neg, 100.0, cont=0.5, sneg=0.5, uni=1.0)
+  want_loss, want_metrics = losses.clic_loss(image, pos, neg, 100.0)
+  np.testing.assert_allclose(float(loss), float(want_loss), rtol=1e-6)
+  np.testing.assert_allclose(float(metrics["uni_modal_loss"]), float(want_metrics["uni_modal_loss"]),
+                             rtol=1e-6)
+  clip_loss, _ = jax.jit(losses.clip_loss)(image, pos[0], 100.0)
+  np.testing.assert_allclose(float(clip_loss), float(losses.clip_loss(image, pos[0], 100.0)[0]),
+                             rtol=1e-6)
+
+
+def test_l2_normalize_and_mean_cosine():
+  x = np.array([[3.0, 4.0], [0.0, 0.0]], np.float32)
+  y = losses.l2_normalize(x)
+  np.testing.assert_allclose(np.asarray(y), [[0.6, 0.8], [0.0, 0.0]], rtol=1e-6)
+  grad = jax.grad(lambda v: jnp.sum(losses.l2_normalize(v)))(x)
+  assert np.all(np.isfinite(np.asarray(grad)))
+  a = np.array([[2.0, 0.0], [0.0, 1.0]], np.float32)
+  b = np.array([[1.0, 0.0], [1.0, 1.0]], np.float32)
+  np.testing.assert_allclose(float(losses.mean_cosine(a, b)), (1.0 + 1 / math.sqrt(2)) / 2, rtol=1e-6)
+
+
+def test_bad_shapes_are_named():
+  image = np.zeros((4, 8), np.float32)
+  with pytest.raises(ValueError, match="pos_emb"):
+    losses.clic_loss(image, np.zeros((4, 8), np.float32), None, 1.0)
+  with pytest.raises(ValueError, match="neg_emb"):
+    losses.clic_loss(image, np.zeros((2, 4, 8), np.float32), np.zeros((3, 8), np.float32), 1.0)
+  with pytest.raises(ValueError, match="clip_loss"):
+    losses.clip_loss(image, np.zeros((5, 8), np.float32), 1.0)
+  with pytest.raises(TypeError, match="separate_negatives"):
+    losses.clic_loss(image, np.zeros((1, 4, 8), np.float32), None, 1.0,
+                     separate_negatives=jnp.asarray(True))

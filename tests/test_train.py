@@ -1,0 +1,136 @@
+"""The training step and loop: sharding equivalence, learning, exact resume, freezing, config errors."""
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from clic_jax import models
+from clic_jax.train import mesh as mesh_lib
+from clic_jax.train import optimizer as opt_lib
+from clic_jax.train import step as step_lib
+from clic_jax.train import trainer
+from clic_jax.train.checkpoint import load_params_for_eval
+from configs import tiny
+
+
+def tiny_config(csv_path, image_root, **overrides):
+  config = tiny.get_config()
+  config.data.csv, config.data.image_root = str(csv_path), str(image_root)
+  for key, value in overrides.items():
+    node = config
+    *parents, leaf = key.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return config
+
+
+def read_metrics(workdir):
+  with open(workdir / "metrics.jsonl") as f:
+    return [json.loads(line) for line in f]
+
+
+def synthetic_batch(kind, batch=16, positives=4, size=32, seed=0):
+  rng = np.random.default_rng(seed)
+  k = 1 if kind == "clip" else positives + 1
+  tokens = rng.integers(1, 49000, (batch, k, 77)).astype(np.int32)
+  lengths = rng.integers(3, 20, (batch, k))
+  for i in range(batch):
+    for j in range(k):
+      tokens[i, j, 0], tokens[i, j, lengths[i, j]] = 49406, 49407
+      tokens[i, j, lengths[i, j] + 1:] = 0
+  return {"images": rng.standard_normal((batch, size, size, 3)).astype(np.float32),
+          "texts": tokens}
+
+
+def _step_on(devices, model, params, tx, kind, batch):
+  mesh = mesh_lib.make_mesh(1, devices)
+  state = jax.device_put(step_lib.create_state(params, tx, ("^visual/",)), mesh_lib.replicated(mesh))
+  fn = jax.jit(step_lib.make_train_step(model, tx, kind, step_lib.LossWeights()))
+  new_state, metrics = fn(state, mesh_lib.global_batch(mesh, batch))
+  return jax.device_get(new_state.trainable), jax.device_get(metrics)
+
+
+@pytest.mark.parametrize("kind", ["clic", "clip"])
+def test_sharded_step_matches_one_device(kind):
+  assert jax.device_count() == 8, "conftest should give 8 simulated CPU devices"
+  model, params = models.create_model("tiny", seed=1)
+  batch = synthetic_batch(kind)
+  # SGD: the updated parameters are p - lr * g, so this compares the gradients element by element.
+  # (Adam's first step g / (|g| + eps) maps rounding noise in gradients that cancel to ~0, such as
+  # the softmax-invariant attention key bias, onto +-lr; that is not a sharding difference.)
+  sgd = optax.sgd(1e-2)
+  (p1, m1), (p8, m8) = [_step_on(d, model, params, sgd, kind, batch)
+                        for d in (jax.devices()[:1], jax.devices())]
+  assert np.isclose(m1["loss"], m8["loss"], rtol=1e-5, atol=0)
+  assert np.isclose(m1["grad_norm"], m8["grad_norm"], rtol=1e-5, atol=0)
+  for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p8)):
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-7)
+  # The update moved the parameters (the comparison is not between two untouched copies).
+  before = jax.tree.leaves(opt_lib.split_trainable(
+      params, opt_lib.trainable_mask(params, ("^visual/",)))[0])
+  assert max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree.leaves(p1), before)) > 1e-6
+  # The real optimizer: the same loss and gradient norm on 1 and 8 devices.
+  adamw = opt_lib.make_optimizer(params, total_steps=10, lr=1e-3, lr_start=1e-4, lr_end=1e-5,
+                                 warmup_fraction=0.0, freeze=("^visual/",))
+  (_, a1), (_, a8) = [_step_on(d, model, params, adamw, kind, batch)
+                      for d in (jax.devices()[:1], jax.devices())]
+  assert np.isclose(a1["loss"], a8["loss"], rtol=1e-5, atol=0)
+  assert np.isclose(a1["grad_norm"], a8["grad_norm"], rtol=1e-5, atol=0)
+
+
+def test_tiny_config_trains_and_loss_falls(tmp_path, caption_dataset):
+  csv_path, images = caption_dataset
+  config = tiny_config(csv_path, images, total_steps=30, freeze=("^visual/transformer/resblocks_0",))
+  summary = trainer.train(config, tmp_path)
+  rows = read_metrics(tmp_path)
+  assert [r["step"] for r in rows] == list(range(1, 31))
+  for key in ("loss", "lr", "logit_scale", "grad_norm", "examples_per_s", "contrastive_loss"):
+    assert all(np.isfinite(r[key]) for r in rows if key in r), key
+  clic = [r["clic/loss"] for r in rows if "clic/loss" in r]
+  clip = [r["clip/loss"] for r in rows if "clip/loss" in r]
+  assert len(clic) == len(clip) == 15            # CLIC first, then alternating
+  assert np.mean(clic[-4:]) < np.mean(clic[:4]) - 0.05
+  assert np.mean(clip[-4:]) < np.mean(clip[:4]) - 0.05
+  assert any(k.startswith("pipeline/") for k in rows[-1])
+  # Frozen parameters are bit-identical to the initialisation; trained ones moved.
+  _, trained = load_params_for_eval(tmp_path)
+  _, init = models.create_model("tiny", seed=config.seed)
+  frozen_before = init["visual"]["transformer"]["resblocks_0"]
+  frozen_after = trained["visual"]["transformer"]["resblocks_0"]
+  for a, b in zip(jax.tree.leaves(frozen_before), jax.tree.leaves(frozen_after)):
+    assert np.array_equal(np.asarray(a), np.asarray(b))
+  assert not np.array_equal(np.asarray(init["text_projection"]), trained["text_projection"])
+  assert summary["step"] == 30
+
+
+def test_sigterm_resume_reproduces_uninterrupted_run(tmp_path, caption_dataset):
+  csv_path, images = caption_dataset
+  common = dict(total_steps=8, checkpoint_every_steps=4)
+  straight, interrupted = tmp_path / "straight", tmp_path / "interrupted"
+  trainer.train(tiny_config(csv_path, images, **common), straight)
+  first = trainer.train(tiny_config(csv_path, images, debug_sigterm_at_step=3, **common),
+                        interrupted)
+  assert first["preempted"] and first["step"] == 3
+  second = trainer.train(tiny_config(csv_path, images, **common), interrupted)
+  assert second["step"] == 8 and not second["preempted"]
+  a = [(r["step"], r["loss"]) for r in read_metrics(straight)]
+  b = [(r["step"], r["loss"]) for r in read_metrics(interrupted)]
+  assert a == b                                   # exactly, step by step
+
+
+def test_bad_configs_fail_before_compiling(tmp_path, caption_dataset):
+  csv_path, images = caption_dataset
+  cases = [({"model.name": "ViT-X-99"}, "Known models"),
+           ({"global_batch_size": 12}, "multiple of the device count"),
+           ({"data.csv": str(tmp_path / "missing.csv")}, "does not exist"),
+           ({"init_from": str(tmp_path / "nope" / "w.safetensors")}, "init_from"),
+           ({"mesh.fsdp": 3}, "fsdp"),
+           ({"data.mode": "weird"}, "data.mode")]
+  for overrides, message in cases:
+    with pytest.raises(trainer.ConfigError, match=message):
+      trainer.train(tiny_config(csv_path, images, **overrides), tmp_path / "bad")
