@@ -9,12 +9,12 @@ WORKDIR/model.json records the architecture, so evaluation and export need only 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath      # local paths and gs:// alike (orbax's own path type)
 
 from clic_jax.models import ClipConfig, config_from_open_clip, config_to_open_clip
 from clic_jax.train import optimizer as opt_lib
@@ -27,8 +27,8 @@ def _abstract(tree):
 
 
 class Checkpointer:
-  def __init__(self, workdir: str | Path, keep: int = 3, use_async: bool = True):
-    self.directory = Path(workdir).absolute() / "checkpoints"
+  def __init__(self, workdir, keep: int = 3, use_async: bool = True):
+    self.directory = _workdir(workdir) / "checkpoints"
     self.manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
@@ -74,24 +74,29 @@ class Checkpointer:
     self.manager.close()
 
 
-def write_model_info(workdir: str | Path, model_name: str, cfg: ClipConfig) -> None:
-  Path(workdir).mkdir(parents=True, exist_ok=True)
+def _workdir(workdir) -> epath.Path:
+  path = epath.Path(workdir)
+  return path if "://" in str(workdir) else epath.Path(path.resolve())
+
+
+def write_model_info(workdir, model_name: str, cfg: ClipConfig) -> None:
+  _workdir(workdir).mkdir(parents=True, exist_ok=True)
   info = {"name": model_name, "model_cfg": config_to_open_clip(cfg)}
-  (Path(workdir) / MODEL_FILE).write_text(json.dumps(info, indent=2))
+  (_workdir(workdir) / MODEL_FILE).write_text(json.dumps(info, indent=2))
 
 
-def read_model_info(workdir: str | Path) -> tuple[str, ClipConfig]:
-  path = Path(workdir) / MODEL_FILE
+def read_model_info(workdir) -> tuple[str, ClipConfig]:
+  path = _workdir(workdir) / MODEL_FILE
   if not path.is_file():
     raise FileNotFoundError(f"{workdir} is not a clic_jax training workdir (no {MODEL_FILE}).")
   info = json.loads(path.read_text())
   return info["name"], config_from_open_clip(info["model_cfg"])
 
 
-def load_params_for_eval(workdir: str | Path, step: int | None = None) -> tuple[ClipConfig, Any]:
+def load_params_for_eval(workdir, step: int | None = None) -> tuple[ClipConfig, Any]:
   """(architecture, params) of a workdir's latest (or given) checkpoint, as host numpy arrays."""
   _, cfg = read_model_info(workdir)
-  directory = Path(workdir).absolute() / "checkpoints"
+  directory = _workdir(workdir) / "checkpoints"
   if not directory.is_dir():
     raise FileNotFoundError(f"{workdir} has no checkpoints/ folder: nothing to load.")
   with ocp.CheckpointManager(directory) as manager:

@@ -32,12 +32,14 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.prefetch_batches = 0       # batches read ahead; 0: the pipeline's default
   c.data.mp_workers = 0
   c.data.pos_backend = "auto"
+  c.data.context_length = 77        # shorter only for short captions: text cost scales with it
 
   c.global_batch_size = 800         # the reference: 4 GPUs x 200
   c.total_steps = 0                 # > 0 overrides num_epochs
   c.num_epochs = 1
   c.hard_negative_freq = 1.0        # 1: CLIC and CLIP steps alternate, CLIC first (D1)
   c.alternate_with_clip = True
+  c.step_kinds = ""                 # overrides the pattern: e.g. "clip" (plain CLIP fine-tuning)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.cont = 0.5

@@ -68,6 +68,11 @@ def step_pattern_for(config) -> tuple[str, ...]:
   mode = config.data.mode
   if mode == "negclip":
     return ("negclip",)
+  if config.get("step_kinds"):            # explicit pattern, e.g. "clip" for plain CLIP training
+    kinds = tuple(k.strip() for k in config.step_kinds.split(","))
+    if not kinds or any(k not in ("clic", "clip") for k in kinds):
+      raise ConfigError(f"config.step_kinds={config.step_kinds!r}: a comma list of clic/clip")
+    return kinds
   return opt_lib.step_pattern(config.hard_negative_freq,
                               alternate_with_clip=config.get("alternate_with_clip", True))
 
@@ -82,7 +87,8 @@ def pipeline_config(config, image_size: int) -> pipeline_lib.PipelineConfig:
       step_pattern=pattern if data.mode != "negclip" else ("clic",), mode=data.mode,
       seed=config.seed, concat_image_norm=data.concat_image_norm,
       num_threads=data.num_threads or None, prefetch_batches=data.prefetch_batches or None,
-      mp_workers=data.get("mp_workers", 0), pos_backend=data.get("pos_backend", "auto"))
+      mp_workers=data.get("mp_workers", 0), pos_backend=data.get("pos_backend", "auto"),
+      context_length=data.get("context_length", 77))
 
 
 def check_config(config) -> None:
@@ -107,6 +113,11 @@ def check_config(config) -> None:
     raise ConfigError(f"config.init_from={init!r}: no such file (use a weights file, a pretrained "
                       "tag such as 'openai', or 'hf-hub:org/repo').")
   compute_dtype(config.model.dtype)
+
+
+def freeze_patterns(config) -> tuple[str, ...]:
+  """config.freeze without empty entries, so `--config.freeze=` on the command line freezes nothing."""
+  return tuple(p for p in config.freeze if p)
 
 
 def loss_weights(config) -> step_lib.LossWeights:
@@ -146,6 +157,18 @@ def summarize_window(kinds: list[str], fetched: list[dict]) -> dict[str, float]:
   return row
 
 
+def metrics_dir(workdir) -> Path:
+  """Where metrics, TensorBoard events and the final export go: the workdir itself, or for a
+  remote workdir (gs://...; checkpoints go there through orbax) a local logs/<run name> folder,
+  since appending to an object-store file is not possible."""
+  if "://" not in str(workdir):
+    return Path(workdir)
+  local = Path("logs") / str(workdir).rstrip("/").rsplit("/", 1)[-1]
+  log.warning("Remote workdir %s: metrics, TensorBoard and the export are written to %s.",
+              workdir, local.absolute())
+  return local
+
+
 # ------------------------------------------------------------------------------------------------
 # Preemption: SIGTERM sets a flag; the loop saves at the next step boundary and exits cleanly.
 
@@ -177,7 +200,6 @@ class _Preemption:
 
 def train(config, workdir: str | Path) -> dict[str, Any]:
   """Trains (or resumes) in `workdir`; returns a summary with the final step and metrics."""
-  workdir = Path(workdir)
   check_config(config)
   is_primary = jax.process_index() == 0
   model_name = config.model.name
@@ -203,7 +225,7 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
   tx = opt_lib.make_optimizer(
       params, total_steps=total_steps, lr=optim.lr, lr_start=optim.lr_start, lr_end=optim.lr_end,
       warmup_fraction=optim.warmup_fraction, weight_decay=optim.weight_decay, b1=optim.b1,
-      b2=optim.b2, eps=optim.eps, freeze=tuple(config.freeze),
+      b2=optim.b2, eps=optim.eps, freeze=freeze_patterns(config),
       grad_accum_steps=optim.grad_accum_steps, clip_grad_norm=optim.clip_grad_norm or None)
   schedule = opt_lib.lr_schedule(total_steps, optim.lr, optim.lr_start, optim.lr_end,
                                  optim.warmup_fraction)
@@ -211,7 +233,7 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
 
   # Sharding: parameters by the FSDP rule (replicated when mesh.fsdp == 1), batch over all devices.
   params = jax.device_put(params, mesh_lib.tree_shardings(mesh, params))
-  state = jax.jit(lambda p: step_lib.create_state(p, tx, tuple(config.freeze)))(params)
+  state = jax.jit(lambda p: step_lib.create_state(p, tx, freeze_patterns(config)))(params)
   state = jax.device_put(state, mesh_lib.tree_shardings(mesh, state))
   state_sharding = jax.tree.map(lambda x: x.sharding, state)
   del params
@@ -250,7 +272,7 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
   step = int(jax.device_get(state.step))
 
   # Loop.
-  writer = metrics_lib.MetricsWriter(workdir, enabled=is_primary,
+  writer = metrics_lib.MetricsWriter(metrics_dir(workdir), enabled=is_primary,
                                      tensorboard=config.get("tensorboard", True))
   progress = metrics_lib.Progress(total_steps * micro, step)
   pending: list[tuple[int, str, dict]] = []
@@ -317,7 +339,7 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
   if not preempted and config.get("export_open_clip", True) and is_primary:
     from clic_jax.interop import export_open_clip
     summary["export"] = str(export_open_clip(cfg, jax.device_get(state.params),
-                                             workdir / "open_clip"))
+                                             metrics_dir(workdir) / "open_clip"))
   return summary
 
 
