@@ -304,3 +304,14 @@ def test_uint8_images_normalized_on_device_match_float32(data):
     np.testing.assert_allclose(r["images"] * scale + offset, f["images"], atol=1e-6)
     np.testing.assert_array_equal(r["texts"], f["texts"])
   assert [b["image_norm"] for b in floats] == ["imagenet", "clip"]
+
+
+def test_every_batch_has_the_same_stats_keys(data):
+  from clic_jax.data import stats
+  batches = _take(pipeline.make_train_iterator(_config(*data)), 4)
+  for b in batches:
+    assert sorted(b["stats"]) == sorted(stats.BATCH_KEYS)
+  running = {}
+  for b in batches:
+    stats.accumulate(running, b["stats"])
+  assert running["resampled/missing_image"] == 0 and "caption/no_valid_negative" in running

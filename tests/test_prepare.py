@@ -130,3 +130,17 @@ def test_prepare_max_short_side_shrinks_large_images(tmp_path):
            for r in (src[i] for i in range(len(src)))}
   assert sizes["0.jpg"] == (20, 20) and sizes["3.jpg"] == (20, 33) and sizes["2.jpg"] == (30, 20)
   assert src[0]["aspect"] == "wider"  # from the original 60x59, not the stored 20x20
+
+
+def test_prepare_uses_pos_sidecar_tags(tmp_path):
+  csv_path, root = _dataset(tmp_path, n=2)
+  lines = []
+  for i in range(5):  # one line per CSV row (2 images + 3 bad rows)
+    tags = [[["A", "DET"], ["Red", "ADJ"], ["Dog", "PROPN"]], [["extra", "ADJ"]]]
+    lines.append(json.dumps({"tags": tags}))
+  open(csv_path + ".pos.jsonl", "w").write("\n".join(lines) + "\n")
+  out = tmp_path / "out"
+  prepare.prepare(_args(csv_path, root, out))
+  rec = sources.ArrayRecordSource(str(out))[0]
+  assert rec["tags"][0] == [("a", "DET"), ("red", "ADJ"), ("dog", "PROPN")]  # not re-tagged
+  assert rec["tags"][1] == [("extra", "ADJ")]

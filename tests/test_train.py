@@ -134,3 +134,41 @@ def test_bad_configs_fail_before_compiling(tmp_path, caption_dataset):
   for overrides, message in cases:
     with pytest.raises(trainer.ConfigError, match=message):
       trainer.train(tiny_config(csv_path, images, **overrides), tmp_path / "bad")
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, caption_dataset, monkeypatch):
+  csv_path, images = caption_dataset
+  real_global_batch = mesh_lib.global_batch
+  calls = []
+
+  def poisoned(mesh, host_batch):          # the 5th batch carries NaN pixels
+    calls.append(1)
+    if len(calls) == 5:
+      host_batch = dict(host_batch, images=np.full_like(host_batch["images"], np.nan))
+    return real_global_batch(mesh, host_batch)
+
+  monkeypatch.setattr(mesh_lib, "global_batch", poisoned)
+  config = tiny_config(csv_path, images, total_steps=10, checkpoint_every_steps=2)
+  with pytest.raises(trainer.NonFiniteLossError, match="Step 5: the loss or gradient is not finite"):
+    trainer.train(config, tmp_path)
+  saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved and max(saved) == 4
+  _, params = load_params_for_eval(tmp_path)
+  assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(params))
+
+
+def test_uint8_images_normalized_on_device_match_host_normalization():
+  from clic_jax.data import images as images_lib
+  model, params = models.create_model("tiny", seed=2)
+  tx = optax.sgd(1e-2)
+  batch = synthetic_batch("clic")
+  pixels = np.random.default_rng(3).integers(0, 256, batch["images"].shape, dtype=np.uint8)
+  scale, offset = images_lib.normalization_constants("clip")
+  host = dict(batch, images=pixels.astype(np.float32) * scale + offset)
+  device = dict(batch, images=pixels)
+  state = step_lib.create_state(params, tx, ())
+  _, m_host = jax.jit(step_lib.make_train_step(model, tx, "clic", step_lib.LossWeights()))(
+      state, host)
+  _, m_dev = jax.jit(step_lib.make_train_step(model, tx, "clic", step_lib.LossWeights(),
+                                              image_norm=(scale, offset)))(state, device)
+  assert np.isclose(float(m_host["loss"]), float(m_dev["loss"]), rtol=1e-6)

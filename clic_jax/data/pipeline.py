@@ -8,8 +8,8 @@ Dataset graph (all random access until the last steps, so grain's iterator state
     -> (position, record id)                 position p belongs to step p // host_batch
     -> random_map(SampleBuilder)             rng fixed by (seed, host, position): partner, coin
                                              flips, caption variants are reproducible
-    -> batch(host_batch)                     one element per step, its kind from the step pattern
-    -> to_iter_dataset(threads) [-> mp_prefetch(workers)]
+    -> to_iter_dataset(threads) -> batch     one batch per step, its kind from the step pattern
+       (with mp_prefetch workers: batch -> to_iter_dataset -> mp_prefetch, see make_train_dataset)
 
 A sample builds only the view its step needs (H9). Step t has kind pattern[t % len(pattern)], so
 position p of the host stream is built as kind pattern[(p // host_batch) % len(pattern)], and batch t
@@ -65,9 +65,9 @@ class PipelineConfig:
                                     # the statistics (images.normalization_constants) for the device
   num_epochs: int | None = None     # None: repeat forever
   context_length: int = 77
-  num_threads: int | None = None    # grain reader threads, each builds whole batches (PIL releases
-                                    # the GIL); None: one per core
-  prefetch_batches: int | None = None  # batches read ahead (at least num_threads)
+  num_threads: int | None = None    # grain reader threads (PIL releases the GIL); None: one per
+                                    # core. With mp_workers: threads per worker, each builds a batch
+  prefetch_batches: int | None = None  # batches read ahead (default 2)
   mp_workers: int = 0               # >0: grain mp_prefetch worker processes
   pos_backend: str = "auto"         # tagger for records without stored tags
   max_resample_tries: int = 100
@@ -408,17 +408,25 @@ def make_train_dataset(config: PipelineConfig, source=None, tokenize_fn=None):
   ds = grain.MapDataset.source(ids).shuffle(seed=config.seed).repeat(config.num_epochs)
   ds = ds.map_with_index(_with_position)
   ds = ds.random_map(builder, seed=_sample_seed(config.seed, config.process_index))
-  # Batching before to_iter_dataset makes a batch one random-access element: reader threads (and
-  # mp_prefetch workers, which take every k-th element) always build whole steps, so a batch never
-  # mixes kinds and the order and state are the same with and without worker processes.
-  ds = ds.batch(config.host_batch_size, drop_remainder=True, batch_fn=collate)
   num_threads = config.num_threads or os.cpu_count() or 1
-  read_options = grain.ReadOptions(
-      num_threads=num_threads, prefetch_buffer_size=max(config.prefetch_batches or 0, num_threads))
-  it_ds = ds.to_iter_dataset(read_options)
+  batch = config.host_batch_size
+  prefetch_batches = config.prefetch_batches or 2
   if config.mp_workers > 0:
-    it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.mp_workers))
-  return it_ds
+    # mp_prefetch gives worker w every k-th element of the map dataset. Batching first makes a
+    # whole step one element, so workers build whole batches (never mixing kinds) and the stream
+    # and its state equal the thread-only stream. Each worker's threads hold whole batches, so
+    # keep num_threads small per worker.
+    ds = ds.batch(batch, drop_remainder=True, batch_fn=collate)
+    read_options = grain.ReadOptions(num_threads=num_threads,
+                                     prefetch_buffer_size=max(prefetch_batches, num_threads))
+    it_ds = ds.to_iter_dataset(read_options)
+    return it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=config.mp_workers))
+  # Threads only: samples are built in parallel and batched in order, so batch t is exactly
+  # positions [t*B, (t+1)*B) and the read-ahead is a few batches of uint8 samples.
+  read_options = grain.ReadOptions(num_threads=num_threads,
+                                   prefetch_buffer_size=max(prefetch_batches * batch, num_threads))
+  it_ds = ds.to_iter_dataset(read_options)
+  return it_ds.batch(batch, drop_remainder=True, batch_fn=collate)
 
 
 def make_train_iterator(config: PipelineConfig, source=None, tokenize_fn=None):

@@ -14,7 +14,7 @@ from typing import Iterable, Mapping
 
 import numpy as np
 
-from clic_jax.data import images
+from clic_jax.data import captions, images
 
 # A sample whose own record is unusable is replaced by another record; the reason is counted.
 RESAMPLE_PREFIX = "resampled/"
@@ -25,10 +25,11 @@ CAPTION_PREFIX = "caption/"
 
 RECORD_SKIP_REASONS = images.IMAGE_SKIP_REASONS + ("unusable_caption", "caption_error", "no_partner")
 
-# Keys present in every batch's stats (caption counters are added as they are reported).
+# Keys present in every batch's stats, so every batch has the same structure.
 BATCH_KEYS = tuple(
     [RESAMPLE_PREFIX + r for r in RECORD_SKIP_REASONS]
     + [PARTNER_PREFIX + r for r in images.IMAGE_SKIP_REASONS]
+    + [CAPTION_PREFIX + name for name in captions.COUNTER_NAMES]
     + ["text_truncated"])
 
 
@@ -46,7 +47,7 @@ def sum_counts(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
 
 
 def batch_stats(per_sample: Iterable[Mapping[str, int]]) -> dict[str, np.ndarray]:
-  """Per-batch stats: every key of BATCH_KEYS plus any reported key, as 0-d int64 arrays."""
+  """Per-batch stats: every key of BATCH_KEYS (plus any other reported key), as 0-d int64."""
   total = sum_counts(per_sample)
   keys = sorted(set(BATCH_KEYS) | set(total))
   return {k: np.asarray(total.get(k, 0), np.int64) for k in keys}

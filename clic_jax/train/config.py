@@ -32,6 +32,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.prefetch_batches = 0       # batches read ahead; 0: the pipeline's default
   c.data.mp_workers = 0
   c.data.pos_backend = "auto"
+  c.data.image_dtype = "uint8"      # ship uint8, normalize on device ("float32": on the host)
   c.data.context_length = 77        # shorter only for short captions: text cost scales with it
 
   c.global_batch_size = 800         # the reference: 4 GPUs x 200

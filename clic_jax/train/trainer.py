@@ -17,6 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from clic_jax import models
+from clic_jax.data import images as images_lib
 from clic_jax.data import pipeline as pipeline_lib
 from clic_jax.data import sources as sources_lib
 from clic_jax.train import checkpoint as ckpt_lib
@@ -88,7 +89,7 @@ def pipeline_config(config, image_size: int) -> pipeline_lib.PipelineConfig:
       seed=config.seed, concat_image_norm=data.concat_image_norm,
       num_threads=data.num_threads or None, prefetch_batches=data.prefetch_batches or None,
       mp_workers=data.get("mp_workers", 0), pos_backend=data.get("pos_backend", "auto"),
-      context_length=data.get("context_length", 77))
+      context_length=data.get("context_length", 77), image_dtype=data.get("image_dtype", "uint8"))
 
 
 def check_config(config) -> None:
@@ -244,15 +245,20 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
              jax.device_count(), jax.default_backend(), dict(mesh.shape), total_steps,
              config.global_batch_size, pattern)
 
-  # Update steps: one compiled function per step kind, the train state donated.
+  # Update steps: one compiled function per (step kind, image normalization), made on first use;
+  # the train state is donated. uint8 batches are normalized inside the step, on the device.
   weights = loss_weights(config)
-  steps = {
-      kind: jax.jit(step_lib.make_train_step(model, tx, kind, weights, config.clamp_logit_scale,
-                                             lambda s: schedule(s // micro)),
-                    in_shardings=(state_sharding, mesh_lib.batch_sharding(mesh)),
-                    out_shardings=(state_sharding, mesh_lib.replicated(mesh)),
-                    donate_argnums=0)
-      for kind in set(pattern)}
+  steps: dict[tuple[str, str], Any] = {}
+
+  def step_fn(kind: str, image_norm: str | None):
+    if (kind, image_norm) not in steps:
+      norm = images_lib.normalization_constants(image_norm) if image_norm else None
+      steps[kind, image_norm] = jax.jit(
+          step_lib.make_train_step(model, tx, kind, weights, config.clamp_logit_scale,
+                                   lambda s: schedule(s // micro), image_norm=norm),
+          in_shardings=(state_sharding, mesh_lib.batch_sharding(mesh)),
+          out_shardings=(state_sharding, mesh_lib.replicated(mesh)), donate_argnums=0)
+    return steps[kind, image_norm]
 
   # Simulated CPU devices share one thread pool, and multi-device programs in flight at once (the
   # next step, orbax's background save and its cross-device barrier) can leave a collective short
@@ -302,7 +308,8 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
       for key, value in host_batch.get("stats", {}).items():
         pipeline_counts[key] = pipeline_counts.get(key, 0) + int(np.sum(value))
       device_batch = mesh_lib.global_batch(mesh, {k: host_batch[k] for k in ("images", "texts")})
-      state, metrics = steps[kind](state, device_batch)
+      on_device_norm = host_batch["image_norm"] if host_batch["images"].dtype == np.uint8 else None
+      state, metrics = step_fn(kind, on_device_norm)(state, device_batch)
       if sync_each_step:
         jax.block_until_ready(metrics)
       step += 1
