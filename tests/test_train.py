@@ -172,3 +172,16 @@ def test_uint8_images_normalized_on_device_match_host_normalization():
   _, m_dev = jax.jit(step_lib.make_train_step(model, tx, "clic", step_lib.LossWeights(),
                                               image_norm=(scale, offset)))(state, device)
   assert np.isclose(float(m_host["loss"]), float(m_dev["loss"]), rtol=1e-6)
+
+
+def test_evaluation_runs_on_the_configured_schedule(tmp_path):
+  from clic_jax.data.toyworld import generate_world
+  world = generate_world(str(tmp_path / "world"), num_train=48, num_test=16, seed=1, image_size=32)
+  config = tiny_config(world["train_csv"], world["image_root"], total_steps=4, eval_every_steps=2,
+                       eval_batch_size=16)
+  config.evals = {"sugarcrepe": {"data_dir": world["sugarcrepe_dir"],
+                                 "coco_dir": world["coco_dir"]}}
+  trainer.train(config, tmp_path / "run")
+  evals = [r for r in read_metrics(tmp_path / "run") if "eval/sugarcrepe/swap_att" in r]
+  assert [r["step"] for r in evals] == [2, 4]
+  assert all(0.0 <= r["eval/sugarcrepe/swap_att"] <= 1.0 for r in evals)

@@ -86,18 +86,50 @@ def parse_args(argv=None):
   parser = argparse.ArgumentParser(
       prog="python -m clic_jax.data.preview",
       description="Write a contact sheet, samples.json and stats.json of CLIC training samples.")
-  group = parser.add_mutually_exclusive_group(required=True)
+  parser.add_argument("--config", help="a training config (configs/*.py): its data source, model "
+                      "image size, extra positives and seed are used unless given below")
+  group = parser.add_mutually_exclusive_group()
   group.add_argument("--csv", help="reference-format CSV (image path, first sentence, extras...)")
   group.add_argument("--arrayrecord_dir", help="output directory of clic_jax.data.prepare")
   group.add_argument("--tfds_builder_dir", help="TFDS dataset version directory (ArrayRecord)")
   parser.add_argument("--image_root", default=None, help="directory relative CSV paths start in")
   parser.add_argument("--out", required=True, help="output directory")
   parser.add_argument("--num", type=int, default=16, help="number of samples")
-  parser.add_argument("--seed", type=int, default=0)
-  parser.add_argument("--image_size", type=int, default=224)
-  parser.add_argument("--num_extra_positives", type=int, default=2)
-  parser.add_argument("--pos_backend", default="auto", choices=("auto", "spacy", "lexicon"))
-  return parser.parse_args(argv)
+  parser.add_argument("--seed", type=int, default=None, help="default 0 (or the config's)")
+  parser.add_argument("--image_size", type=int, default=None, help="default 224 (or the model's)")
+  parser.add_argument("--num_extra_positives", type=int, default=None, help="default 2")
+  parser.add_argument("--pos_backend", default=None, choices=("auto", "spacy", "lexicon"))
+  args = parser.parse_args(argv)
+  _fill_from_config(args)
+  if not (args.csv or args.arrayrecord_dir or args.tfds_builder_dir):
+    parser.error("give a source: --csv, --arrayrecord_dir or --tfds_builder_dir (or a --config "
+                 "whose data.csv / data.arrayrecord_dir is set)")
+  return args
+
+
+def _fill_from_config(args) -> None:
+  """Defaults from a training config file, for the fields the command line left unset."""
+  defaults = {"seed": 0, "image_size": 224, "num_extra_positives": 2, "pos_backend": "auto"}
+  if args.config:
+    import importlib.util
+    from clic_jax.models import get_model_config
+    spec = importlib.util.spec_from_file_location("preview_config", args.config)
+    if spec is None or not os.path.isfile(args.config):
+      raise SystemExit(f"error: --config={args.config!r} is not a config file")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    data = config.data
+    if not (args.csv or args.arrayrecord_dir or args.tfds_builder_dir):
+      args.csv = data.get("csv") or None
+      args.arrayrecord_dir = None if args.csv else (data.get("arrayrecord_dir") or None)
+      args.image_root = args.image_root or data.get("image_root") or None
+    defaults.update(seed=config.seed, num_extra_positives=data.num_extra_positives,
+                    pos_backend=data.get("pos_backend", "auto"),
+                    image_size=get_model_config(config.model.name).vision.image_size)
+  for key, value in defaults.items():
+    if getattr(args, key) is None:
+      setattr(args, key, value)
 
 
 def main(argv=None) -> int:

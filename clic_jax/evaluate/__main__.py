@@ -20,8 +20,13 @@ import os
 import time
 
 from absl import app, flags, logging
+from ml_collections import config_flags
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A clic_jax training workdir to evaluate.")
+flags.DEFINE_alias("checkpoint", "workdir")
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Optional training config (configs/*.py): its model.name is the default "
+    "--model and its `evals` the benchmarks when no benchmark flags are given.")
 _OPEN_CLIP = flags.DEFINE_string(
     "open_clip", None, "open_clip weights: a file (.safetensors/.bin/.pt), a pretrained tag "
     "(e.g. openai), hf-hub:ORG/REPO or local-dir:DIR.")
@@ -76,10 +81,11 @@ def load_model():
   from clic_jax.interop import load_open_clip
   source = _OPEN_CLIP.value
   has_own_architecture = source.startswith(("hf-hub:", "local-dir:"))
-  if _MODEL.value is None and not has_own_architecture:
+  model_name = _MODEL.value or (_CONFIG.value.model.name if _CONFIG.value else None)
+  if model_name is None and not has_own_architecture:
     raise app.UsageError("--open_clip with a file or tag needs --model=NAME "
                          "(e.g. ViT-B-32-quickgelu).")
-  return load_open_clip(_MODEL.value, source)
+  return load_open_clip(model_name, source)
 
 
 def _require(benchmark: str, **values) -> None:
@@ -141,9 +147,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   names = _BENCHMARKS.value or default_benchmarks()
-  if not names:
+  config_evals = _CONFIG.value.get("evals") if _CONFIG.value else None
+  if not names and not config_evals:
     raise app.UsageError("Nothing to evaluate: pass --benchmarks and their data flags.")
-  kwargs = benchmark_kwargs(names)                 # flag errors before the model loads
+  # flag errors before the model loads
+  kwargs = benchmark_kwargs(names) if names else {k: dict(v) for k, v in config_evals.items()}
   from clic_jax.evaluate import EvalDataError, evaluate, format_table
   model, params = load_model()
   start = time.time()
