@@ -1,7 +1,18 @@
 """Input data for CLIC: sources, dataset preparation, image pairs, caption variants, POS tagging.
 
+One sample's path: sources (a record) -> pipeline (partner, view for the step kind) -> images
+(decode, resize, concatenate) + captions (variants, hard negative) -> tokenizer -> batch.
+
 Text side (no heavy imports, usable without jax):
   sentences    long caption -> filtered sentences, like the reference's dataset script (spec A2)
   pos_tagging  coarse Universal POS tags: spaCy when a pipeline is installed, else an offline lexicon
   captions     caption variants p1..pK and hard negatives (spec A8-A9, decisions H6-H8, H11)
+Image and record side:
+  sources      reference CSV, prepared ArrayRecord shards, TFDS ArrayRecord datasets
+  images       decoding (odd modes, truncated files), half-image resize, concatenation, CLIP view
+  pipeline     the grain training pipeline: host slices, shuffle, partner index, batches per kind
+  prepare      `python -m clic_jax.data.prepare`: CSV + images -> ArrayRecord shards with tags
+  preview      `python -m clic_jax.data.preview`: contact sheet + samples.json of training samples
+  stats        counters of skips and fallbacks
+  toyworld/    the procedural compositional world of the offline demo
 """
