@@ -141,10 +141,10 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, caption_d
   real_global_batch = mesh_lib.global_batch
   calls = []
 
-  def poisoned(mesh, host_batch):          # the 5th batch carries NaN pixels
+  def poisoned(mesh, host_batch):          # the 5th batch carries NaN pixels (float32: uint8 has no NaN)
     calls.append(1)
     if len(calls) == 5:
-      host_batch = dict(host_batch, images=np.full_like(host_batch["images"], np.nan))
+      host_batch = dict(host_batch, images=np.full(host_batch["images"].shape, np.nan, np.float32))
     return real_global_batch(mesh, host_batch)
 
   monkeypatch.setattr(mesh_lib, "global_batch", poisoned)
