@@ -185,3 +185,17 @@ def test_evaluation_runs_on_the_configured_schedule(tmp_path):
   evals = [r for r in read_metrics(tmp_path / "run") if "eval/sugarcrepe/swap_att" in r]
   assert [r["step"] for r in evals] == [2, 4]
   assert all(0.0 <= r["eval/sugarcrepe/swap_att"] <= 1.0 for r in evals)
+
+
+def test_separate_text_calls_give_the_same_step():
+  model, params = models.create_model("tiny", seed=4)
+  tx = optax.sgd(1e-2)
+  batch = synthetic_batch("clic")
+  state = step_lib.create_state(params, tx, ())
+  results = [jax.device_get(jax.jit(step_lib.make_train_step(
+      model, tx, "clic", step_lib.LossWeights(), separate_text_calls=sep))(state, batch))
+             for sep in (False, True)]
+  (s_a, m_a), (s_b, m_b) = results
+  assert np.isclose(m_a["loss"], m_b["loss"], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(s_a.trainable), jax.tree.leaves(s_b.trainable)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

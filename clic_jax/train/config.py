@@ -15,6 +15,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.name = "ViT-B-32-quickgelu"
   c.model.dtype = "auto"            # bfloat16 on accelerators, float32 on CPU; params stay float32
   c.model.remat = False             # rematerialize transformer blocks (large models, big batches)
+  c.model.text_calls = "auto"       # caption sets: "batched" (one call), "separate" (one per set);
+                                    # auto = separate on CPU (faster there), batched on accelerators
   c.model.attention_impl = ""       # "" lets XLA choose; "cudnn" = flash attention on NVIDIA GPUs
   c.init_from = ""                  # open_clip weights: file, tag ("openai"), hf-hub:, local-dir:
 

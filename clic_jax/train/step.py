@@ -46,15 +46,24 @@ def create_state(params, tx: optax.GradientTransformation, freeze) -> TrainState
                     opt_state=tx.init(trainable))
 
 
-def _embed(model, params, batch):
-  """Normalized image (B, D) and text (K, B, D) embeddings; texts in one encode_text call."""
+def _embed(model, params, batch, separate_text_calls: bool = False):
+  """Normalized image (B, D) and text (K, B, D) embeddings.
+
+  The K caption sets go through the text tower as one batched call of K*B sequences (best on
+  accelerators), or with `separate_text_calls` as K calls of B (measured 0.63x the step time on
+  CPU, where the smaller working set stays in cache; benchmarks/RESULTS.md).
+  """
   texts = batch["texts"]
   b, k, length = texts.shape
-  flat = jnp.swapaxes(texts, 0, 1).reshape(k * b, length)    # [p1 block | p2 block | ... | neg]
   img = model.apply({"params": params}, batch["images"], method="encode_image")
-  txt = model.apply({"params": params}, flat, method="encode_text")
+  if separate_text_calls:
+    txt = jnp.stack([model.apply({"params": params}, texts[:, i], method="encode_text")
+                     for i in range(k)])
+  else:
+    flat = jnp.swapaxes(texts, 0, 1).reshape(k * b, length)  # [p1 block | p2 block | ... | neg]
+    txt = model.apply({"params": params}, flat, method="encode_text").reshape(k, b, -1)
   img = losses.l2_normalize(img.astype(jnp.float32))
-  txt = losses.l2_normalize(txt.astype(jnp.float32)).reshape(k, b, -1)
+  txt = losses.l2_normalize(txt.astype(jnp.float32))
   return img, txt
 
 
@@ -74,7 +83,8 @@ def loss_for_kind(kind: str, weights: LossWeights) -> Callable:
 
 def make_train_step(model, tx: optax.GradientTransformation, kind: str, weights: LossWeights,
                     clamp_logit_scale: bool = True, schedule: Callable | None = None,
-                    image_norm: tuple[Any, Any] | None = None):
+                    image_norm: tuple[Any, Any] | None = None,
+                    separate_text_calls: bool = False):
   """The pure update function (state, batch) -> (state, metrics) for one step kind.
 
   `image_norm` = (scale, offset) per channel normalizes uint8 images on the device (the pipeline
@@ -89,7 +99,7 @@ def make_train_step(model, tx: optax.GradientTransformation, kind: str, weights:
     if image_norm is not None:
       scale, offset = (jnp.asarray(v, jnp.float32) for v in image_norm)
       batch = dict(batch, images=batch["images"].astype(jnp.float32) * scale + offset)
-    img, txt = _embed(model, params, batch)
+    img, txt = _embed(model, params, batch, separate_text_calls)
     return compute_loss(img, txt, jnp.exp(params["logit_scale"].astype(jnp.float32)))
 
   def step(state: TrainState, batch):

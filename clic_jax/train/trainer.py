@@ -248,6 +248,11 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
   # Update steps: one compiled function per (step kind, image normalization), made on first use;
   # the train state is donated. uint8 batches are normalized inside the step, on the device.
   weights = loss_weights(config)
+  text_calls = config.model.get("text_calls", "auto")
+  if text_calls not in ("auto", "batched", "separate"):
+    raise ConfigError(f"model.text_calls={text_calls!r}: use auto, batched or separate")
+  separate_text_calls = text_calls == "separate" or (
+      text_calls == "auto" and jax.default_backend() == "cpu")
   steps: dict[tuple[str, str], Any] = {}
 
   def step_fn(kind: str, image_norm: str | None):
@@ -255,7 +260,8 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
       norm = images_lib.normalization_constants(image_norm) if image_norm else None
       steps[kind, image_norm] = jax.jit(
           step_lib.make_train_step(model, tx, kind, weights, config.clamp_logit_scale,
-                                   lambda s: schedule(s // micro), image_norm=norm),
+                                   lambda s: schedule(s // micro), image_norm=norm,
+                                   separate_text_calls=separate_text_calls),
           in_shardings=(state_sharding, mesh_lib.batch_sharding(mesh)),
           out_shardings=(state_sharding, mesh_lib.replicated(mesh)), donate_argnums=0)
     return steps[kind, image_norm]

@@ -1,0 +1,390 @@
+"""Training-step speed: clic_jax's jitted CLIC and CLIP steps against the same step in PyTorch.
+
+  python -m benchmarks.train_step --batch_sizes=8,16 --repeats=5 --json=out.json
+
+Both sides do the same work from the same weights on the same batch (fp32, CPU):
+- model: open_clip's `create_model(name)` (random init, seeded); its state dict is copied into
+  clic_jax with `clic_jax.load_open_clip(name, state_dict_as_numpy)`;
+- CLIC step: B images through the frozen vision tower (forward only: torch.no_grad / the frozen half
+  of clic_jax's TrainState), the 5*B captions [p1 | p2 | p3 | p4 | neg] in one encode_text call, the
+  CLIC loss with separate negatives and the uni-modal term (CLIC_SPEC C2-C3; weights 0.5/0.5/1.0),
+  backward through the text tower and logit_scale, AdamW (betas 0.9/0.98, eps 1e-8, weight decay
+  0.1 on trainable matrices only), logit_scale clamped to [0, ln 100];
+- CLIP step: the same with one caption per image and the symmetric CLIP loss.
+The first step's losses of the two frameworks are printed and compared (they start from the same
+weights), so the timing compares equal computations.
+
+Timing: `warmup` untimed steps per framework (compile, allocator warm-up), then `repeats` rounds,
+each timing one step of every framework back to back (alternating, so both see the same machine
+load), and the median per framework. torch gets `torch.set_num_threads(cpu_count)`; XLA's CPU
+client uses all cores by default. jax steps donate the train state and block until the new state
+is ready; the batch is already on the device (the trainer prefetches it there).
+
+`train_step_ratio_vs_torch` = clic_jax step time / PyTorch step time (lower is better), for the
+CLIC step at the first batch size; per-kind and per-batch ratios are in `rows`.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import statistics
+import time
+
+import numpy as np
+
+SOT, EOT = 49406, 49407
+NUM_POSITIVES = 4
+LOSS_WEIGHTS = {"cont": 0.5, "sneg": 0.5, "uni": 1.0}
+OPTIM = {"lr": 1e-6, "b1": 0.9, "b2": 0.98, "eps": 1e-8, "weight_decay": 0.1}
+
+
+# ---------------------------------------------------------------------------------------------------
+# Shared inputs.
+
+
+def texts_per_image(kind: str) -> int:
+  return NUM_POSITIVES + 1 if kind == "clic" else 1
+
+
+def make_batch(cfg, batch_size: int, kind: str, seed: int = 0) -> dict:
+  """Normalized-looking images (B, S, S, 3) and token rows (B, K, L) shaped like real captions."""
+  rng = np.random.default_rng(seed)
+  size, length = cfg.vision.image_size, cfg.text.context_length
+  images = rng.standard_normal((batch_size, size, size, 3), dtype=np.float32)
+  k = texts_per_image(kind)
+  texts = np.zeros((batch_size, k, length), np.int32)
+  lengths = rng.integers(6, min(40, length - 1), size=(batch_size, k))
+  for b in range(batch_size):
+    for j in range(k):
+      n = lengths[b, j]
+      texts[b, j, 0] = SOT
+      texts[b, j, 1:n] = rng.integers(1, 49000, size=n - 1)
+      texts[b, j, n] = EOT
+  return {"images": images, "texts": texts}
+
+
+def flat_texts(texts: np.ndarray) -> np.ndarray:
+  """(B, K, L) -> (K*B, L) in the order [p1 block | p2 block | ... | neg block] of clic_jax."""
+  b, k, length = texts.shape
+  return np.ascontiguousarray(np.swapaxes(texts, 0, 1).reshape(k * b, length))
+
+
+# ---------------------------------------------------------------------------------------------------
+# PyTorch side: open_clip model, the CLIC loss from CLIC_SPEC C2-C3, torch AdamW.
+
+
+def torch_model(name: str, seed: int = 0):
+  import open_clip
+  import torch
+
+  from clic_jax.models import config_to_open_clip, get_model_config
+  torch.manual_seed(seed)
+  if name in open_clip.list_models():
+    return open_clip.create_model(name)
+  return open_clip.model.CLIP(**config_to_open_clip(get_model_config(name)))  # tiny test models
+
+
+def torch_clic_loss(img, txt, scale, batch_size: int):
+  """CLIC loss, separate negatives + uni-modal term, from CLIC_SPEC C2-C3.
+
+  img (B, D) and txt ((P+1)*B, D) L2-normalized, txt = [p1; p2; p3; p4; neg].
+  """
+  import torch
+  import torch.nn.functional as F
+  b = batch_size
+  pos = txt[:NUM_POSITIVES * b].view(NUM_POSITIVES, b, -1)
+  neg = txt[NUM_POSITIVES * b:]
+  labels = torch.arange(b)
+  i2t, t2i, sneg = [], [], []
+  own_neg = scale * (img * neg).sum(-1)
+  for i in range(NUM_POSITIVES):
+    logits = scale * img @ pos[i].T                 # (B images, B captions of set i)
+    i2t.append(F.cross_entropy(logits, labels))
+    t2i.append(F.cross_entropy(logits.T, labels))
+    two_way = torch.stack([logits.diagonal(), own_neg], dim=1)   # [s<I,p_i>, s<I,n>], target 0
+    sneg.append(F.cross_entropy(two_way, torch.zeros(b, dtype=torch.long)))
+  contrastive = (torch.stack(i2t).mean() + torch.stack(t2i).mean()) / 2
+  uni = (pos[0] - pos[1]).pow(2).sum(-1).mean()
+  return (LOSS_WEIGHTS["cont"] * contrastive + LOSS_WEIGHTS["sneg"] * torch.stack(sneg).mean()
+          + LOSS_WEIGHTS["uni"] * uni)
+
+
+def torch_clip_loss(img, txt, scale):
+  import torch
+  import torch.nn.functional as F
+  logits = scale * img @ txt.T
+  labels = torch.arange(img.shape[0])
+  return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+
+
+class TorchStep:
+  """One open_clip training step with the reference's optimizer and freezing (CLIC_SPEC D2-D3)."""
+
+  def __init__(self, model, kind: str, freeze_vision: bool = True):
+    import torch
+    self.model, self.kind, self.freeze_vision = model, kind, freeze_vision
+    model.train()
+    decay, no_decay = [], []
+    for name, param in model.named_parameters():
+      if freeze_vision and "visual" in name:
+        param.requires_grad_(False)
+        continue
+      no_wd = param.ndim < 2 or any(s in name for s in ("bias", "ln", "bn")) or "logit_scale" in name
+      (no_decay if no_wd else decay).append(param)
+    self.optimizer = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": OPTIM["weight_decay"]},
+         {"params": no_decay, "weight_decay": 0.0}],
+        lr=OPTIM["lr"], betas=(OPTIM["b1"], OPTIM["b2"]), eps=OPTIM["eps"])
+
+  def __call__(self, images, texts) -> float:
+    import torch
+    import torch.nn.functional as F
+    model = self.model
+    if self.freeze_vision:
+      with torch.no_grad():
+        img = model.encode_image(images)
+    else:
+      img = model.encode_image(images)
+    txt = model.encode_text(texts)               # all K*B captions in one call
+    img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
+    scale = model.logit_scale.exp()
+    if self.kind == "clic":
+      loss = torch_clic_loss(img, txt, scale, images.shape[0])
+    else:
+      loss = torch_clip_loss(img, txt, scale)
+    self.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    self.optimizer.step()
+    with torch.no_grad():
+      model.logit_scale.clamp_(0, math.log(100.0))
+    return loss.detach()
+
+
+# ---------------------------------------------------------------------------------------------------
+# clic_jax side.
+
+
+class _SeparateTextCalls:
+  """Wraps a CLIP module so the step's one encode_text call becomes `calls` calls (an ablation)."""
+
+  def __init__(self, module, calls: int):
+    self.module, self.calls = module, calls
+
+  def apply(self, variables, x, method):
+    import jax.numpy as jnp
+    if method != "encode_text" or self.calls == 1:
+      return self.module.apply(variables, x, method=method)
+    return jnp.concatenate([self.module.apply(variables, chunk, method=method)
+                            for chunk in jnp.split(x, self.calls)])
+
+
+class JaxStep:
+  """clic_jax's jitted train step (donated state) and its state, ready to call on a device batch."""
+
+  def __init__(self, name_or_module, params, kind: str, freeze_vision: bool = True,
+               separate_text_calls: bool = False, remat: bool = False):
+    import jax
+
+    from clic_jax.models import build_model
+    from clic_jax.train import optimizer as opt_lib
+    from clic_jax.train import step as step_lib
+    module = build_model(name_or_module, remat=remat) if isinstance(name_or_module, str) \
+        else name_or_module
+    freeze = ("^visual/",) if freeze_vision else ()
+    tx = opt_lib.make_optimizer(
+        params, total_steps=1000, lr=OPTIM["lr"], lr_start=OPTIM["lr"], lr_end=OPTIM["lr"],
+        warmup_fraction=0.0, weight_decay=OPTIM["weight_decay"], b1=OPTIM["b1"], b2=OPTIM["b2"],
+        eps=OPTIM["eps"], freeze=freeze)
+    model = _SeparateTextCalls(module, texts_per_image(kind)) if separate_text_calls else module
+    self.state = jax.jit(lambda p: step_lib.create_state(p, tx, freeze))(params)
+    step = step_lib.make_train_step(model, tx, kind, step_lib.LossWeights(**LOSS_WEIGHTS))
+    self._step = jax.jit(step, donate_argnums=0)
+
+  def __call__(self, batch):
+    import jax
+    self.state, metrics = self._step(self.state, batch)
+    jax.block_until_ready((self.state, metrics))
+    return metrics["loss"]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Measurement.
+
+
+def _timed(fn, *args) -> tuple[float, object]:
+  start = time.perf_counter()
+  out = fn(*args)
+  return time.perf_counter() - start, out
+
+
+def measure_alternating(steps: dict, warmup: int, repeats: int, verbose: bool = False) -> dict:
+  """{name: zero-arg step} -> {name: {"median_s", "times_s", "first_loss"}}, rounds interleaved."""
+  results = {name: {"times_s": []} for name in steps}
+  for name, fn in steps.items():
+    for i in range(max(warmup, 1)):
+      seconds, loss = _timed(fn)
+      if i == 0:
+        results[name]["first_loss"] = float(loss)
+        results[name]["first_step_s"] = seconds
+  for _ in range(repeats):
+    for name, fn in steps.items():
+      results[name]["times_s"].append(_timed(fn)[0])
+      if verbose:
+        print(f"  {name}: {results[name]['times_s'][-1]:.3f}s", flush=True)
+  for r in results.values():
+    r["median_s"] = statistics.median(r["times_s"])
+  return results
+
+
+def _setup_threads() -> int:
+  import torch
+  cores = os.cpu_count() or 1
+  torch.set_num_threads(cores)
+  return cores
+
+
+def run(model: str = "ViT-B-32-quickgelu", batch_sizes=(8, 16), kinds=("clic", "clip"),
+        warmup: int = 2, repeats: int = 5, ablations: bool = False, seed: int = 0,
+        verbose: bool = True, split_text_calls: bool = False) -> dict:
+  """Times clic_jax against PyTorch for each (kind, batch size); optional clic_jax-only ablations.
+
+  Ablations (CLIC step, first batch size, same measurement loop): the vision tower trained
+  instead of frozen, the five caption sets as five encode_text calls instead of one, and
+  rematerialized transformer blocks (`remat=True`). `split_text_calls=True` makes the compared
+  clic_jax step encode each caption set in its own call (faster on CPU, see RESULTS.md).
+  """
+  import jax
+  import torch
+
+  import clic_jax
+  cores = _setup_threads()
+  reference = torch_model(model, seed)
+  state_dict = {k: v.detach().numpy().copy() for k, v in reference.state_dict().items()}
+  module, params = clic_jax.load_open_clip(model, state_dict)
+  cfg = module.cfg
+  initial_torch_state = {k: v.clone() for k, v in reference.state_dict().items()}
+
+  rows = []
+  for kind in kinds:
+    for batch_size in batch_sizes:
+      host = make_batch(cfg, batch_size, kind, seed)
+      device_batch = jax.device_put(host)
+      images_t = torch.from_numpy(np.ascontiguousarray(host["images"].transpose(0, 3, 1, 2)))
+      texts_t = torch.from_numpy(flat_texts(host["texts"]).astype(np.int64))
+      reference.load_state_dict(initial_torch_state)   # same start weights as the jax copy
+      torch_step = TorchStep(reference, kind)
+      jax_step = JaxStep(module, params, kind, separate_text_calls=split_text_calls)
+      steps = {"clic_jax": lambda: jax_step(device_batch),
+               "torch": lambda: torch_step(images_t, texts_t)}
+      timings = measure_alternating(steps, warmup, repeats, verbose)
+      jax_s, torch_s = timings["clic_jax"]["median_s"], timings["torch"]["median_s"]
+      jax_loss, torch_loss = timings["clic_jax"]["first_loss"], timings["torch"]["first_loss"]
+      row = {"kind": kind, "batch_size": batch_size, "texts_per_step": batch_size *
+             texts_per_image(kind), "clic_jax_step_s": jax_s, "torch_step_s": torch_s,
+             "ratio_vs_torch": jax_s / torch_s, "clic_jax_first_loss": jax_loss,
+             "torch_first_loss": torch_loss,
+             "loss_rel_diff": abs(jax_loss - torch_loss) / max(abs(torch_loss), 1e-12),
+             "jax_compile_and_first_step_s": timings["clic_jax"]["first_step_s"],
+             "clic_jax_times_s": timings["clic_jax"]["times_s"],
+             "torch_times_s": timings["torch"]["times_s"]}
+      if ablations and kind == "clic" and batch_size == batch_sizes[0]:
+        row.update(_ablations(model, module, params, kind, device_batch, jax_step, warmup, repeats,
+                              verbose))
+      if verbose:
+        print(f"[train_step] {kind} B={batch_size}: first-step loss clic_jax {jax_loss:.6f} "
+              f"torch {torch_loss:.6f}; step clic_jax {jax_s:.3f}s torch {torch_s:.3f}s "
+              f"(ratio {jax_s / torch_s:.2f})", flush=True)
+      if row["loss_rel_diff"] > 1e-3:
+        raise AssertionError(f"{kind} B={batch_size}: clic_jax loss {jax_loss} != torch loss "
+                             f"{torch_loss}; the two steps do not compute the same thing")
+      rows.append(row)
+      del jax_step, torch_step
+
+  headline = next((r for r in rows if r["kind"] == "clic"), rows[0])
+  result = {"model": model, "device": jax.devices()[0].platform, "cpu_count": cores,
+            "split_text_calls": split_text_calls,
+            "torch_threads": torch.get_num_threads(), "warmup": warmup, "repeats": repeats,
+            "train_step_ratio_vs_torch": headline["ratio_vs_torch"],
+            "headline": f"{headline['kind']} B={headline['batch_size']}", "rows": rows,
+            "load_average_1min": os.getloadavg()[0]}
+  for kind in kinds:
+    first = next((r for r in rows if r["kind"] == kind), None)
+    if first is not None:
+      result[f"{kind}_ratio_vs_torch"] = first["ratio_vs_torch"]
+  return result
+
+
+ABLATIONS = {   # name -> JaxStep keyword arguments
+    "vision_trained": {"freeze_vision": False},
+    "5_text_calls": {"separate_text_calls": True},
+    "remat": {"remat": True},
+}
+
+
+def _ablations(model, module, params, kind, batch, baseline, warmup, repeats, verbose) -> dict:
+  """Each variant timed alternately with the baseline step, one variant alive at a time (memory).
+
+  Returns {"clic_jax_<name>_step_s", "clic_jax_<name>_vs_baseline"} per ablation.
+  """
+  import gc
+  out = {}
+  for name, kwargs in ABLATIONS.items():
+    variant = JaxStep(model if kwargs.get("remat") else module, params, kind,
+                      **{k: v for k, v in kwargs.items() if k != "remat"},
+                      remat=kwargs.get("remat", False))
+    timings = measure_alternating({"baseline": lambda: baseline(batch),
+                                   name: lambda: variant(batch)}, warmup, repeats)
+    out[f"clic_jax_{name}_step_s"] = timings[name]["median_s"]
+    out[f"clic_jax_{name}_vs_baseline"] = timings[name]["median_s"] / timings["baseline"]["median_s"]
+    if verbose:
+      print(f"[train_step] ablation {name}: {timings[name]['median_s']:.3f}s vs baseline "
+            f"{timings['baseline']['median_s']:.3f}s", flush=True)
+    del variant
+    gc.collect()
+  return out
+
+
+def format_table(result: dict) -> str:
+  lines = [f"train step: {result['model']} on {result['device']} ({result['cpu_count']} cores, "
+           f"torch threads {result['torch_threads']}), median of {result['repeats']}",
+           f"{'kind':<5} {'B':>4} {'texts':>6} {'clic_jax s':>11} {'torch s':>9} {'ratio':>6} "
+           f"{'loss jax':>10} {'loss torch':>10}"]
+  for r in result["rows"]:
+    lines.append(f"{r['kind']:<5} {r['batch_size']:>4} {r['texts_per_step']:>6} "
+                 f"{r['clic_jax_step_s']:>11.3f} {r['torch_step_s']:>9.3f} "
+                 f"{r['ratio_vs_torch']:>6.2f} {r['clic_jax_first_loss']:>10.5f} "
+                 f"{r['torch_first_loss']:>10.5f}")
+    for name in ABLATIONS:
+      if f"clic_jax_{name}_step_s" in r:
+        lines.append(f"      clic_jax ablation {name:<16} {r[f'clic_jax_{name}_step_s']:>8.3f} s "
+                     f"({r[f'clic_jax_{name}_vs_baseline']:.2f}x the baseline step, alternated)")
+  lines.append(f"train_step_ratio_vs_torch ({result['headline']}): "
+               f"{result['train_step_ratio_vs_torch']:.2f}")
+  return "\n".join(lines)
+
+
+def main(argv=None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument("--model", default="ViT-B-32-quickgelu")
+  parser.add_argument("--batch_sizes", default="8,16", help="comma-separated")
+  parser.add_argument("--kinds", default="clic,clip")
+  parser.add_argument("--warmup", type=int, default=2)
+  parser.add_argument("--repeats", type=int, default=5)
+  parser.add_argument("--ablations", action="store_true")
+  parser.add_argument("--split_text_calls", action="store_true",
+                      help="clic_jax encodes each caption set in its own call")
+  parser.add_argument("--json", default=None)
+  args = parser.parse_args(argv)
+  result = run(args.model, tuple(int(b) for b in args.batch_sizes.split(",")),
+               tuple(args.kinds.split(",")), args.warmup, args.repeats, args.ablations,
+               split_text_calls=args.split_text_calls)
+  print(format_table(result))
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(result, f, indent=2)
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,91 @@
+"""Smoke tests of the speed benchmarks: tiny sizes, documented keys, FLOP count vs XLA's.
+
+No timing asserts: the numbers only have to exist and be finite and positive.
+"""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from benchmarks import accelerator, flops, run as run_lib, train_step
+
+
+def _positive(value) -> bool:
+  return isinstance(value, (int, float)) and math.isfinite(value) and value > 0
+
+
+def test_torch_losses_match_clic_jax_losses():
+  import torch
+
+  from clic_jax import losses
+  rng = np.random.default_rng(0)
+  b, d = 6, 16
+  unit = lambda x: x / np.linalg.norm(x, axis=-1, keepdims=True)
+  img = unit(rng.standard_normal((b, d))).astype(np.float32)
+  txt = unit(rng.standard_normal((5 * b, d))).astype(np.float32)
+  want, _ = losses.clic_loss(img, txt[:4 * b].reshape(4, b, d), txt[4 * b:], 20.0)
+  got = train_step.torch_clic_loss(torch.from_numpy(img), torch.from_numpy(txt),
+                                   torch.tensor(20.0), b)
+  np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+  want, _ = losses.clip_loss(img, txt[:b], 20.0)
+  got = train_step.torch_clip_loss(torch.from_numpy(img), torch.from_numpy(txt[:b]),
+                                   torch.tensor(20.0))
+  np.testing.assert_allclose(float(got), float(want), rtol=1e-5)
+
+
+def test_train_step_benchmark_tiny():
+  result = train_step.run(model="tiny", batch_sizes=(2,), kinds=("clic",), warmup=1, repeats=1,
+                          verbose=False)
+  assert _positive(result["train_step_ratio_vs_torch"])
+  row = result["rows"][0]
+  assert row["kind"] == "clic" and row["texts_per_step"] == 10
+  for key in ("clic_jax_step_s", "torch_step_s", "ratio_vs_torch"):
+    assert _positive(row[key]), key
+  assert row["loss_rel_diff"] < 1e-4      # same weights, same batch, same loss
+  assert "train step" in train_step.format_table(result)
+
+
+def test_accelerator_benchmark_tiny_cpu():
+  result = accelerator.run(models=("tiny",), batch=1, warmup=1, steps=1, peak_tflops=0.1,
+                           verbose=False)
+  row = result["rows"][0]
+  assert "error" not in row, row.get("error")
+  for key in ("step_s", "examples_per_s", "mfu", "step_tflop", "compiled_peak_bytes", "compile_s"):
+    assert _positive(row[key]), key
+  assert row["dtype"] == "bfloat16" and row["global_batch"] == row["devices"]
+  assert accelerator.peak_tflops_for("NVIDIA H200") == 989.0
+  assert accelerator.peak_tflops_for("TPU v5 lite") == 197.0
+  assert accelerator.peak_tflops_for("cpu") is None
+
+
+def test_flops_match_xla_cost_analysis_tiny():
+  """Compared: XLA's count of the whole compiled step vs our matmul count + optimizer term."""
+  ours = flops.step_flops("tiny", 4, "clic")
+  xla = flops.xla_step_flops("tiny", 4, "clic")
+  assert ours.total + ours.optimizer == pytest.approx(xla, rel=0.2)
+
+
+def test_flops_formula_orders_of_magnitude():
+  # ViT-B/16 vision forward is ~2 * 86M params * 197 tokens + attention ~ 35 GFLOP per image.
+  assert flops.vision_forward_flops(flops.get_model_config("ViT-B-16")) == pytest.approx(35e9,
+                                                                                        rel=0.1)
+  clic = flops.step_flops("ViT-L-14", 200, "clic")
+  clip = flops.step_flops("ViT-L-14", 200, "clip")
+  assert clic.vision == clip.vision and clic.text == 5 * clip.text
+  unfrozen = flops.step_flops("ViT-L-14", 200, "clic", freeze_vision=False)
+  assert unfrozen.vision == 3 * clic.vision
+
+
+def test_run_reports_failures_and_writes_json(tmp_path, monkeypatch):
+  monkeypatch.setitem(run_lib.BENCHMARKS, "broken",
+                      ("benchmarks.no_such_benchmark", ("broken_key",), {}, {}))
+  out = tmp_path / "report.json"
+  assert run_lib.main(["--quick", "--only=flops,broken", f"--json={out}"]) == 0
+  report = json.loads(out.read_text())
+  assert "error" in report["benchmarks"]["broken"]
+  assert report["broken_key"] is None
+  assert _positive(report["clic_b32_tflop_per_step"])
+  assert "ERROR" in run_lib.format_table(report)
