@@ -1,0 +1,70 @@
+"""The variant-comparison experiment: config overrides, statistics, and a tiny end-to-end run."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from experiments import compare_variants as cv
+
+
+def test_variant_overrides_merge_into_the_clic_stage(tmp_path):
+  config = cv.base_config(cv.Budget(finetune_steps=7))
+  stage = cv.variant_stage(config, "clic_no_hardneg", seed=2, pretrain_export=tmp_path / "oc")
+  assert stage["loss"] == {"sneg": 0.0}
+  assert stage["total_steps"] == 7 and stage["seed"] == 2
+  assert stage["init_from"] == f"local-dir:{tmp_path / 'oc'}"
+  assert stage["optim"] == config.demo_settings.clic.optim.to_dict()   # same budget
+  merged = cv.merge_overrides({"optim": {"lr": 1.0, "b1": 0.9}}, {"optim": {"lr": 2.0}})
+  assert merged == {"optim": {"lr": 2.0, "b1": 0.9}}
+  assert cv.variant_stage(config, "negclip", 0, tmp_path)["data"] == {"mode": "negclip"}
+  assert cv.variant_stage(config, "clip_finetune", 0, tmp_path)["step_kinds"] == "clip"
+  with pytest.raises(ValueError, match="unknown variant"):
+    cv.variant_stage(config, "nope", 0, tmp_path)
+
+
+def test_summary_statistics():
+  summary = cv.summarize({"a": [{"m": 0.2}, {"m": 0.4}, {"m": 0.6}], "b": [{"m": 0.5}]})
+  assert summary["a"]["m"]["mean"] == pytest.approx(0.4)
+  assert summary["a"]["m"]["std"] == pytest.approx(0.2)          # sample std (ddof=1)
+  assert summary["a"]["m"]["values"] == [0.2, 0.4, 0.6]
+  assert summary["b"]["m"] == {"mean": 0.5, "std": 0.0, "values": [0.5]}
+
+
+def test_tiny_experiment_writes_results_and_resumes(tmp_path):
+  out, work = tmp_path / "results", tmp_path / "work"
+  argv = [f"--out={out}", f"--workdir={work}", "--seeds=0", "--variants=clic,negclip",
+          "--pretrain_steps=2", "--finetune_steps=2", "--num_train=48", "--num_test=24",
+          "--batch_size=16", "--eval_batch_size=32", "--model=tiny",
+          "--no_compilation_cache"]
+  results = cv.main(argv)
+
+  on_disk = json.loads((out / "results.json").read_text())
+  assert on_disk == json.loads(json.dumps(results))
+  assert set(on_disk["variants"]) == {"clic", "negclip"}
+  assert on_disk["meta"]["finetune_steps"] == 2 and on_disk["meta"]["seeds"] == [0]
+  for variant, metrics in on_disk["variants"].items():
+    for key in ("sugarcrepe/swap_att", "sugarcrepe_pp/itt/swap_obj", "retrieval/text_to_image_R@1"):
+      stats = metrics[key]
+      assert len(stats["values"]) == 1 and stats["std"] == 0.0
+      assert 0.0 <= stats["mean"] <= 1.0 and math.isfinite(stats["mean"])
+  assert all(0.0 <= v <= 1.0 for v in on_disk["pretrained"].values())
+  png = (out / "results.png").read_bytes()
+  assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+  table = (out / "table.md").read_text()
+  assert "| sugarcrepe/swap_att |" in table and "± 0.000" in table
+  # Heavy run directories stay in the workdir, never next to the results.
+  assert (work / "clic" / "seed0" / "open_clip").is_dir()
+  assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.png", "table.md"]
+
+  # A second call reuses every finished run (no retraining: eval.json untouched).
+  eval_file = work / "negclip" / "seed0" / "eval.json"
+  before = eval_file.stat().st_mtime_ns
+  again = cv.main(argv)
+  assert eval_file.stat().st_mtime_ns == before
+  assert again["variants"] == results["variants"]
+
+  # Another budget in the same workdir is refused instead of silently mixing runs.
+  with pytest.raises(SystemExit, match="other settings"):
+    cv.main([a if not a.startswith("--finetune_steps") else "--finetune_steps=3" for a in argv])
