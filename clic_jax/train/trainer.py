@@ -212,8 +212,10 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
   # Input.
   pcfg = pipeline_config(config, cfg.vision.image_size)
   source = sources_lib.open_source(pcfg.source, num_threads=pcfg.num_threads)
-  total_steps = config.total_steps if config.total_steps > 0 else (
-      config.num_epochs * pipeline_lib.steps_per_epoch(pcfg, source))
+  # Optimizer updates; each takes optim.grad_accum_steps batches.
+  total_steps = config.total_steps if config.total_steps > 0 else max(
+      1, config.num_epochs * pipeline_lib.steps_per_epoch(pcfg, source)
+      // config.optim.grad_accum_steps)
   data_iter = pipeline_lib.make_train_iterator(pcfg, source=source)
   pattern = pcfg.pattern
 
