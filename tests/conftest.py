@@ -48,3 +48,26 @@ def write_caption_dataset(root, num=64, seed=0):
 @pytest.fixture(scope="session")
 def caption_dataset(tmp_path_factory):
   return write_caption_dataset(tmp_path_factory.mktemp("caption_dataset"))
+
+
+@pytest.fixture
+def rule_pos_pipeline():
+  """Builds a spaCy pipeline that assigns coarse POS from a dict (unknown words: "X"), so the spaCy
+  code path of the taggers runs without a downloadable English model."""
+  import spacy
+  from spacy.language import Language
+
+  if not Language.has_factory("clic_test_rule_pos"):
+    @Language.factory("clic_test_rule_pos", default_config={"tags": {}})
+    def _make_rule_pos(nlp, name, tags):
+      def assign(doc):
+        for token in doc:
+          token.pos_ = tags.get(token.lower_, "X")
+        return doc
+      return assign
+
+  def build(tags: dict[str, str]):
+    nlp = spacy.blank("en")
+    nlp.add_pipe("clic_test_rule_pos", config={"tags": dict(tags)})
+    return nlp
+  return build

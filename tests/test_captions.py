@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import spacy
-from spacy.language import Language
 
 from clic_jax.data import captions as C
 from clic_jax.data import pos_tagging
@@ -338,18 +336,8 @@ def test_negclip_and_baseline_sets():
 _RULE_TAGS = {"a": "DET", "the": "DET", "dog": "NOUN", "cat": "NOUN", "sofa": "NOUN", "mat": "NOUN",
               "runs": "VERB", "sleeps": "VERB", "red": "ADJ", "blue": "ADJ", "on": "ADP",
               "under": "ADP", ".": "PUNCT"}
-_RULE_COMPONENT = "clic_test_rule_pos_captions"
-if not Language.has_factory(_RULE_COMPONENT):
-  @Language.component(_RULE_COMPONENT)
-  def _rule_pos(doc):
-    for token in doc:
-      token.pos_ = _RULE_TAGS.get(token.lower_, "X")
-    return doc
-
-
-def test_spacy_pipeline_tags_drive_the_negative():
-  nlp = spacy.blank("en")
-  nlp.add_pipe(_RULE_COMPONENT)
+def test_spacy_pipeline_tags_drive_the_negative(rule_pos_pipeline):
+  nlp = rule_pos_pipeline(_RULE_TAGS)
   tagger = pos_tagging.get_tagger(nlp)
   c1, c2 = "a red dog sleeps on the sofa", "a blue cat runs under the mat"
   t1, t2 = tagger.tag_many([c1, c2])

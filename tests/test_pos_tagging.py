@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import pytest
 import spacy
-from spacy.language import Language
 
 from clic_jax.data import pos_tagging
 from clic_jax.data.pos_tagging import LexiconTagger, SpacyTagger, TaggerUnavailableError
@@ -80,21 +79,6 @@ OPEN_CLASS = {"NOUN", "VERB", "ADJ", "ADV", "PROPN"}
 
 _RULE_TAGS = {"a": "DET", "the": "DET", "dog": "NOUN", "cat": "NOUN", "runs": "VERB", "sleeps": "VERB",
               "red": "ADJ", "on": "ADP", "grass": "NOUN", ".": "PUNCT"}
-_RULE_COMPONENT = "clic_test_rule_pos_tagging"
-if not Language.has_factory(_RULE_COMPONENT):
-  @Language.component(_RULE_COMPONENT)
-  def _rule_pos(doc):
-    for token in doc:
-      token.pos_ = _RULE_TAGS.get(token.lower_, "X")
-    return doc
-
-
-def _rule_pipeline():
-  nlp = spacy.blank("en")
-  nlp.add_pipe(_RULE_COMPONENT)
-  return nlp
-
-
 def _parse(line):
   words, gold = [], {}
   for index, item in enumerate(line.split()):
@@ -175,8 +159,8 @@ def test_tokenizer_matches_spacy_english_tokenizer():
     assert pos_tagging.tokenize_like_spacy(text) == [t.text for t in nlp(text)], text
 
 
-def test_spacy_code_path_with_a_rule_pipeline():
-  nlp = _rule_pipeline()
+def test_spacy_code_path_with_a_rule_pipeline(rule_pos_pipeline):
+  nlp = rule_pos_pipeline(_RULE_TAGS)
   tagger = pos_tagging.get_tagger(nlp)
   assert isinstance(tagger, SpacyTagger)
   assert tagger.tag("a red dog runs.") == [("a", "DET"), ("red", "ADJ"), ("dog", "NOUN"),
