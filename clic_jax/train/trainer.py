@@ -6,9 +6,7 @@ steps -> checkpoint/resume -> loop (log, evaluate, checkpoint, preemption) -> ex
 from __future__ import annotations
 
 import logging
-import math
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
