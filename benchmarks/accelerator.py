@@ -1,11 +1,13 @@
 """Accelerator benchmark: CLIC train-step throughput, MFU and peak memory (ViT-B-16, ViT-L-14).
 
   python -m benchmarks.accelerator --models=ViT-B-16,ViT-L-14 --batch=200 --json=acc.json
-  python -m benchmarks.accelerator --model=tiny --batch=8          # CPU smoke run
+  python -m benchmarks.accelerator --model=tiny --batch=8 --peak_tflops=1   # CPU smoke run
+  bash benchmarks/gpu_session.sh          # everything for one GPU lease (see benchmarks/RESULTS.md)
 
 The step is the trainer's: `clic_jax.train.step.make_train_step` on a model built with
 `build_model(name, dtype=bfloat16, remat=..., attention_impl=...)` (bf16 compute, fp32 params and
-AdamW state), vision tower frozen, 5 captions per image, jitted with the state donated, the batch
+AdamW state), vision tower frozen, 5 captions per image for the CLIC step (1 for `--kinds=clip`),
+uint8 images normalized on the device like the trainer's, jitted with the state donated, the batch
 already on the devices (the trainer prefetches it). `--batch` is per device (the reference trains
 with 200 per GPU); with several devices the global batch is split over a ("data", "fsdp") mesh
 like the trainer's, parameters replicated unless --fsdp > 1.
@@ -71,14 +73,23 @@ def _memory(compiled) -> dict:
   return out
 
 
-def bench_one(model: str, batch: int, *, remat: bool = False, attention_impl: str | None = None,
-              dtype: str = "bfloat16", fsdp: int = 1, warmup: int = 2, steps: int = 5,
+def bench_one(model: str, batch: int, *, kind: str = "clic", remat: bool = False,
+              attention_impl: str | None = None, text_calls: str = "batched",
+              text_length: int | None = None, dtype: str = "bfloat16", fsdp: int = 1,
+              warmup: int = 2, steps: int = 5,
               peak_tflops: float | None = None, seed: int = 0) -> dict:
-  """Compiles and times the CLIC step of one configuration; returns the numbers as a dict."""
+  """Compiles and times one step kind of one configuration; returns the numbers as a dict.
+
+  `text_length` < 77 runs the text tower on token rows cut to that length, what a pipeline that
+  trims each batch to its longest caption feeds (exact for CLIP's causal text tower).
+  """
+  import dataclasses
+
   import jax
   import jax.numpy as jnp
 
-  from benchmarks.train_step import make_batch
+  from benchmarks.train_step import make_batch, texts_per_image
+  from clic_jax.data.images import normalization_constants
   from clic_jax.models import build_model, init_params
   from clic_jax.train import mesh as mesh_lib
   from clic_jax.train import optimizer as opt_lib
@@ -97,9 +108,16 @@ def bench_one(model: str, batch: int, *, remat: bool = False, attention_impl: st
   state = jax.device_put(state, mesh_lib.tree_shardings(mesh, state))
   del params
   state_sharding = jax.tree.map(lambda x: x.sharding, state)
-  host = make_batch(module.cfg, global_batch, "clic", seed)
+  cfg = module.cfg
+  if text_length:
+    cfg = dataclasses.replace(cfg, text=dataclasses.replace(cfg.text, context_length=text_length))
+  host = make_batch(cfg, global_batch, kind, seed)
+  host["images"] = np.random.default_rng(seed).integers(0, 256, host["images"].shape, np.uint8)
   device_batch = mesh_lib.global_batch(mesh, host)
-  step = jax.jit(step_lib.make_train_step(module, tx, "clic", step_lib.LossWeights()),
+  step_fn = step_lib.make_train_step(module, tx, kind, step_lib.LossWeights(),
+                                     image_norm=normalization_constants("clip"),
+                                     separate_text_calls=text_calls == "separate")
+  step = jax.jit(step_fn,
                  in_shardings=(state_sharding, mesh_lib.batch_sharding(mesh)),
                  out_shardings=(state_sharding, mesh_lib.replicated(mesh)), donate_argnums=0)
   start = time.perf_counter()
@@ -121,14 +139,17 @@ def bench_one(model: str, batch: int, *, remat: bool = False, attention_impl: st
 
   device = jax.devices()[0]
   peak = peak_tflops if peak_tflops else peak_tflops_for(device.device_kind)
-  count = flops_lib.step_flops(model, global_batch, "clic")
+  count = flops_lib.step_flops(model, global_batch, kind, text_length=text_length)
   achieved = count.total / step_s
   result = {
       "model": model, "per_device_batch": batch, "global_batch": global_batch, "devices": devices,
       "device_kind": device.device_kind, "platform": device.platform, "dtype": dtype,
-      "remat": remat, "attention_impl": attention_impl or "default", "fsdp": fsdp,
+      "kind": kind, "remat": remat, "attention_impl": attention_impl or "default",
+      "text_calls": text_calls, "text_length": text_length or module.cfg.text.context_length,
+      "fsdp": fsdp,
       "compile_s": compile_s, "step_s": step_s, "times_s": times,
-      "examples_per_s": global_batch / step_s, "captions_per_s": 5 * global_batch / step_s,
+      "examples_per_s": global_batch / step_s,
+      "captions_per_s": texts_per_image(kind) * global_batch / step_s,
       "step_tflop": count.total / 1e12, "achieved_tflops": achieved / 1e12,
       "peak_tflops_per_device": peak,
       "mfu": achieved / (devices * peak * 1e12) if peak else None,
@@ -147,25 +168,45 @@ def bench_one(model: str, batch: int, *, remat: bool = False, attention_impl: st
 
 def run(models=("ViT-B-16", "ViT-L-14"), batch: int = 200, remat_options=(False,),
         attention_impls=(None,), dtype: str = "bfloat16", fsdp: int = 1, warmup: int = 2,
-        steps: int = 5, peak_tflops: float | None = None, verbose: bool = True) -> dict:
-  """Every (model, remat, attention_impl) combination; a failing one is recorded, not raised."""
-  rows = []
+        steps: int = 5, peak_tflops: float | None = None, verbose: bool = True,
+        kinds=("clic",), text_calls=("batched",), json_path: str | None = None,
+        text_length: int | None = None) -> dict:
+  """Every (model, kind, remat, attention_impl, text_calls) combination, in that nesting order.
+
+  A failing configuration (out of memory, cuDNN attention unavailable, ...) is recorded as an
+  `error` row, not raised. With `json_path` the results are rewritten after every row, so a run
+  cut short by a time limit still leaves the rows it finished.
+  """
+  for kind in kinds:
+    if kind not in ("clic", "clip"):
+      raise SystemExit(f"--kinds takes clic and/or clip, got {kind!r}")
+  result = {"rows": []}
   for model in models:
-    for remat in remat_options:
-      for impl in attention_impls:
-        label = f"{model} remat={remat} attention={impl or 'default'}"
-        try:
-          row = bench_one(model, batch, remat=remat, attention_impl=impl, dtype=dtype, fsdp=fsdp,
-                          warmup=warmup, steps=steps, peak_tflops=peak_tflops)
-        except Exception as error:   # e.g. out of memory without remat, cudnn missing
-          row = {"model": model, "remat": remat, "attention_impl": impl or "default",
-                 "error": f"{type(error).__name__}: {str(error)[:500]}"}
-        if verbose:
-          print(f"[accelerator] {label}: " + (row.get("error") or
-                f"{row['step_s'] * 1e3:.1f} ms/step, {row['examples_per_s']:.1f} ex/s, MFU "
-                f"{_pct(row['mfu'])}"), flush=True)
-        rows.append(row)
-  return {"rows": rows}
+    for kind in kinds:
+      for remat in remat_options:
+        for impl in attention_impls:
+          for calls in text_calls:
+            label = (f"{model} {kind} remat={remat} attention={impl or 'default'} "
+                     f"text_calls={calls}" + (f" text_length={text_length}" if text_length else ""))
+            try:
+              row = bench_one(model, batch, kind=kind, remat=remat, attention_impl=impl,
+                              text_calls=calls, text_length=text_length, dtype=dtype,
+                              fsdp=fsdp, warmup=warmup,
+                              steps=steps, peak_tflops=peak_tflops)
+            except Exception as error:   # e.g. out of memory without remat, cudnn missing
+              row = {"model": model, "kind": kind, "remat": remat,
+                     "attention_impl": impl or "default", "text_calls": calls,
+                     "error": f"{type(error).__name__}: {str(error)[:500]}"}
+            if verbose:
+              print(f"[accelerator] {label}: " + (row.get("error") or
+                    f"{row['step_s'] * 1e3:.1f} ms/step, {row['examples_per_s']:.1f} ex/s, MFU "
+                    f"{_pct(row['mfu'])}, compiled peak {_gib(row.get('compiled_peak_bytes'))} "
+                    f"GiB, compile {row['compile_s']:.0f} s"), flush=True)
+            result["rows"].append(row)
+            if json_path:
+              with open(json_path, "w") as f:
+                json.dump(result, f, indent=2)
+  return result
 
 
 def _pct(value) -> str:
@@ -177,19 +218,21 @@ def _gib(value) -> str:
 
 
 def format_table(result: dict) -> str:
-  lines = [f"{'model':<20} {'remat':>5} {'attn':>8} {'batch':>6} {'ms/step':>9} {'ex/s':>8} "
-           f"{'TFLOP/s':>8} {'MFU':>6} {'mem GiB':>8} {'compile s':>9}"]
+  lines = [f"{'model':<18} {'kind':<4} {'remat':>5} {'attn':>7} {'text':>8} {'len':>3} {'batch':>5} "
+           f"{'ms/step':>8} {'ex/s':>7} {'TFLOP/s':>7} {'MFU':>6} {'mem GiB':>7} {'compile':>7}"]
   for r in result["rows"]:
+    head = (f"{r['model']:<18} {r.get('kind', 'clic'):<4} {str(r['remat']):>5} "
+            f"{r['attention_impl']:>7} {r.get('text_calls', 'batched'):>8} "
+            f"{r.get('text_length') or '':>3}")
     if "error" in r:
-      lines.append(f"{r['model']:<20} {str(r['remat']):>5} {r['attention_impl']:>8}  "
-                   f"ERROR {r['error'][:80]}")
+      lines.append(f"{head}  ERROR {r['error'][:80]}")
       continue
-    lines.append(f"{r['model']:<20} {str(r['remat']):>5} {r['attention_impl']:>8} "
-                 f"{r['global_batch']:>6} {r['step_s'] * 1e3:>9.1f} {r['examples_per_s']:>8.1f} "
-                 f"{r['achieved_tflops']:>8.2f} {_pct(r['mfu']):>6} "
-                 f"{_gib(r.get('compiled_peak_bytes')):>8} {r['compile_s']:>9.1f}")
-  if result["rows"] and "device_kind" in result["rows"][0]:
-    r = result["rows"][0]
+    lines.append(f"{head} {r['global_batch']:>5} {r['step_s'] * 1e3:>8.1f} "
+                 f"{r['examples_per_s']:>7.1f} {r['achieved_tflops']:>7.1f} {_pct(r['mfu']):>6} "
+                 f"{_gib(r.get('compiled_peak_bytes')):>7} {r['compile_s']:>6.0f}s")
+  done = [r for r in result["rows"] if "device_kind" in r]
+  if done:
+    r = done[0]
     lines.append(f"device: {r['devices']} x {r['device_kind']} ({r['platform']}), dtype "
                  f"{r['dtype']}, peak {r['peak_tflops_per_device']} TFLOP/s per device")
   return "\n".join(lines)
@@ -210,6 +253,11 @@ def main(argv=None) -> None:
   parser.add_argument("--remat", default="false", help="comma list, e.g. false,true")
   parser.add_argument("--attention_impl", default="default",
                       help="comma list of default (XLA picks), xla, cudnn")
+  parser.add_argument("--kinds", default="clic", help="comma list of clic, clip")
+  parser.add_argument("--text_calls", default="batched",
+                      help="comma list of batched (one encode_text call), separate (one per set)")
+  parser.add_argument("--text_length", type=int, default=None,
+                      help="token rows cut to this length (default: the model's 77)")
   parser.add_argument("--dtype", default="bfloat16")
   parser.add_argument("--fsdp", type=int, default=1)
   parser.add_argument("--warmup", type=int, default=2)
@@ -221,7 +269,9 @@ def main(argv=None) -> None:
   impls = tuple(None if s.strip() == "default" else s.strip()
                 for s in args.attention_impl.split(","))
   result = run(tuple(args.models.split(",")), args.batch, _bools(args.remat), impls, args.dtype,
-               args.fsdp, args.warmup, args.steps, args.peak_tflops)
+               args.fsdp, args.warmup, args.steps, args.peak_tflops,
+               kinds=tuple(args.kinds.split(",")), text_calls=tuple(args.text_calls.split(",")),
+               json_path=args.json, text_length=args.text_length)
   print(format_table(result))
   if args.json:
     with open(args.json, "w") as f:

@@ -74,10 +74,12 @@ def vision_forward_flops(cfg: ClipConfig) -> int:
   return patch_embed + v.layers * block_flops(tokens, v.width, hidden) + 2 * v.width * cfg.embed_dim
 
 
-def text_forward_flops(cfg: ClipConfig) -> int:
+def text_forward_flops(cfg: ClipConfig, length: int | None = None) -> int:
+  """Per caption; `length` = tokens actually run (a batch cut to its longest caption), default C."""
   t = cfg.text
   hidden = int(t.width * t.mlp_ratio)
-  return t.layers * block_flops(t.context_length, t.width, hidden) + 2 * t.width * cfg.embed_dim
+  return (t.layers * block_flops(length or t.context_length, t.width, hidden)
+          + 2 * t.width * cfg.embed_dim)
 
 
 def text_trainable_params(cfg: ClipConfig) -> int:
@@ -106,7 +108,8 @@ class StepFlops:
 
 
 def step_flops(model: str | ClipConfig, batch_size: int, kind: str = "clic",
-               freeze_vision: bool = True, num_positives: int = NUM_POSITIVES) -> StepFlops:
+               freeze_vision: bool = True, num_positives: int = NUM_POSITIVES,
+               text_length: int | None = None) -> StepFlops:
   """Matmul FLOPs of one training step of `kind` ("clic" or "clip") on `batch_size` images."""
   cfg = get_model_config(model)
   if kind == "clic":
@@ -116,7 +119,7 @@ def step_flops(model: str | ClipConfig, batch_size: int, kind: str = "clic",
   else:
     raise ValueError(f"kind must be 'clic' or 'clip', got {kind!r}.")
   vision = batch_size * vision_forward_flops(cfg) * (1 if freeze_vision else 3)
-  text = 3 * texts_per_image * batch_size * text_forward_flops(cfg)
+  text = 3 * texts_per_image * batch_size * text_forward_flops(cfg, text_length)
   loss = 4 * sets * batch_size * batch_size * cfg.embed_dim
   optimizer = OPTIMIZER_FLOPS_PER_PARAM * text_trainable_params(cfg)  # frozen vision: no state
   return StepFlops(vision, text, loss, optimizer)

@@ -96,7 +96,7 @@ def torch_clic_loss(img, txt, scale, batch_size: int):
   b = batch_size
   pos = txt[:NUM_POSITIVES * b].view(NUM_POSITIVES, b, -1)
   neg = txt[NUM_POSITIVES * b:]
-  labels = torch.arange(b)
+  labels = torch.arange(b, device=img.device)
   i2t, t2i, sneg = [], [], []
   own_neg = scale * (img * neg).sum(-1)
   for i in range(NUM_POSITIVES):
@@ -104,7 +104,7 @@ def torch_clic_loss(img, txt, scale, batch_size: int):
     i2t.append(F.cross_entropy(logits, labels))
     t2i.append(F.cross_entropy(logits.T, labels))
     two_way = torch.stack([logits.diagonal(), own_neg], dim=1)   # [s<I,p_i>, s<I,n>], target 0
-    sneg.append(F.cross_entropy(two_way, torch.zeros(b, dtype=torch.long)))
+    sneg.append(F.cross_entropy(two_way, torch.zeros(b, dtype=torch.long, device=img.device)))
   contrastive = (torch.stack(i2t).mean() + torch.stack(t2i).mean()) / 2
   uni = (pos[0] - pos[1]).pow(2).sum(-1).mean()
   return (LOSS_WEIGHTS["cont"] * contrastive + LOSS_WEIGHTS["sneg"] * torch.stack(sneg).mean()
@@ -115,16 +115,21 @@ def torch_clip_loss(img, txt, scale):
   import torch
   import torch.nn.functional as F
   logits = scale * img @ txt.T
-  labels = torch.arange(img.shape[0])
+  labels = torch.arange(img.shape[0], device=img.device)
   return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
 class TorchStep:
-  """One open_clip training step with the reference's optimizer and freezing (CLIC_SPEC D2-D3)."""
+  """One open_clip training step with the reference's optimizer and freezing (CLIC_SPEC D2-D3).
 
-  def __init__(self, model, kind: str, freeze_vision: bool = True):
+  `amp_dtype` (e.g. torch.bfloat16) runs the forward under autocast, as the reference trains on
+  GPUs; None is plain fp32 (the CPU comparison).
+  """
+
+  def __init__(self, model, kind: str, freeze_vision: bool = True, amp_dtype=None):
     import torch
     self.model, self.kind, self.freeze_vision = model, kind, freeze_vision
+    self.amp_dtype = amp_dtype
     model.train()
     decay, no_decay = [], []
     for name, param in model.named_parameters():
@@ -142,18 +147,20 @@ class TorchStep:
     import torch
     import torch.nn.functional as F
     model = self.model
-    if self.freeze_vision:
-      with torch.no_grad():
+    with torch.autocast(images.device.type, dtype=self.amp_dtype or torch.float32,
+                        enabled=self.amp_dtype is not None):
+      if self.freeze_vision:
+        with torch.no_grad():
+          img = model.encode_image(images)
+      else:
         img = model.encode_image(images)
-    else:
-      img = model.encode_image(images)
-    txt = model.encode_text(texts)               # all K*B captions in one call
-    img, txt = F.normalize(img, dim=-1), F.normalize(txt, dim=-1)
-    scale = model.logit_scale.exp()
-    if self.kind == "clic":
-      loss = torch_clic_loss(img, txt, scale, images.shape[0])
-    else:
-      loss = torch_clip_loss(img, txt, scale)
+      txt = model.encode_text(texts)               # all K*B captions in one call
+      img, txt = F.normalize(img.float(), dim=-1), F.normalize(txt.float(), dim=-1)
+      scale = model.logit_scale.exp()
+      if self.kind == "clic":
+        loss = torch_clic_loss(img, txt, scale, images.shape[0])
+      else:
+        loss = torch_clip_loss(img, txt, scale)
     self.optimizer.zero_grad(set_to_none=True)
     loss.backward()
     self.optimizer.step()

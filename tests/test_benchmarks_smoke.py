@@ -48,17 +48,33 @@ def test_train_step_benchmark_tiny():
   assert "train step" in train_step.format_table(result)
 
 
-def test_accelerator_benchmark_tiny_cpu():
+def test_accelerator_benchmark_tiny_cpu(tmp_path):
+  path = tmp_path / "acc.json"
   result = accelerator.run(models=("tiny",), batch=1, warmup=1, steps=1, peak_tflops=0.1,
-                           verbose=False)
-  row = result["rows"][0]
-  assert "error" not in row, row.get("error")
-  for key in ("step_s", "examples_per_s", "mfu", "step_tflop", "compiled_peak_bytes", "compile_s"):
-    assert _positive(row[key]), key
-  assert row["dtype"] == "bfloat16" and row["global_batch"] == row["devices"]
+                           verbose=False, kinds=("clic", "clip"), text_length=20,
+                           json_path=str(path))
+  assert json.loads(path.read_text()) == json.loads(json.dumps(result))  # written as it goes
+  clic, clip = result["rows"]
+  for row in (clic, clip):
+    assert "error" not in row, row.get("error")
+    for key in ("step_s", "examples_per_s", "mfu", "step_tflop", "compiled_peak_bytes",
+                "compile_s"):
+      assert _positive(row[key]), key
+    assert row["dtype"] == "bfloat16" and row["global_batch"] == row["devices"]
+    assert row["text_length"] == 20
+  assert clic["kind"] == "clic" and clip["kind"] == "clip"
+  assert clic["step_tflop"] > clip["step_tflop"]      # five captions per image against one
+  assert "tiny" in accelerator.format_table(result)
   assert accelerator.peak_tflops_for("NVIDIA H200") == 989.0
   assert accelerator.peak_tflops_for("TPU v5 lite") == 197.0
   assert accelerator.peak_tflops_for("cpu") is None
+
+
+def test_accelerator_torch_step_runs_on_cpu():
+  """The PyTorch GPU baseline's step, on the CPU at batch 1: it runs and gives a finite loss."""
+  from benchmarks import accelerator_torch
+  row = accelerator_torch.bench_one("ViT-B-32", 1, warmup=1, steps=1)
+  assert _positive(row["step_s"]) and math.isfinite(row["loss"]) and row["device"] == "cpu"
 
 
 def test_flops_match_xla_cost_analysis_tiny():

@@ -130,10 +130,16 @@ def test_bad_configs_fail_before_compiling(tmp_path, caption_dataset):
            ({"data.csv": str(tmp_path / "missing.csv")}, "does not exist"),
            ({"init_from": str(tmp_path / "nope" / "w.safetensors")}, "init_from"),
            ({"mesh.fsdp": 3}, "fsdp"),
-           ({"data.mode": "weird"}, "data.mode")]
+           ({"data.mode": "weird"}, "data.mode"),
+           ({"model.attention_impl": "flash"}, "attention_impl")]
   for overrides, message in cases:
     with pytest.raises(trainer.ConfigError, match=message):
       trainer.train(tiny_config(csv_path, images, **overrides), tmp_path / "bad")
+
+
+def test_attention_impl_auto_is_xla_off_nvidia_gpus():
+  assert trainer.attention_impl("auto") is None         # CPU here; cudnn only on NVIDIA GPUs
+  assert trainer.attention_impl("cudnn") == "cudnn" and trainer.attention_impl("xla") == "xla"
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, caption_dataset, monkeypatch):

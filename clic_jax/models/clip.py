@@ -50,6 +50,30 @@ class LayerNorm(nn.Module):
     return y.astype(self.dtype)
 
 
+def attention(q, k, v, causal: bool, implementation: str | None = None, pad_to: int = 1):
+  """Scaled dot-product attention over (B, T, H, D); `pad_to` pads T to a multiple, exactly.
+
+  cuDNN's trainable flash attention rejects odd sequence lengths (the text tower's 77; jax checks
+  T % 2 whenever the kernel is differentiated), so the "cudnn" path pads T with zero tokens and
+  slices them off again. The result is unchanged: with a causal mask no real query sees a later
+  (padded) key, and without one `key_value_seq_lengths` masks the padded keys out.
+  """
+  t = q.shape[1]
+  pad = (-t) % pad_to
+  if not pad:
+    return jax.nn.dot_product_attention(q, k, v, is_causal=causal, implementation=implementation)
+  widths = ((0, 0), (0, pad), (0, 0), (0, 0))
+  q, k, v = (jnp.pad(a, widths) for a in (q, k, v))
+  lengths = None if causal else jnp.full((q.shape[0],), t, jnp.int32)
+  out = jax.nn.dot_product_attention(q, k, v, is_causal=causal, key_value_seq_lengths=lengths,
+                                     implementation=implementation)
+  return out[:, :t]
+
+
+# cuDNN's fused attention wants even lengths for training; 8 keeps the padded tiles aligned.
+CUDNN_SEQ_MULTIPLE = 8
+
+
 class MultiHeadAttention(nn.Module):
   """torch.nn.MultiheadAttention with a fused input projection (q, k, v stacked in that order)."""
   width: int
@@ -67,9 +91,8 @@ class MultiHeadAttention(nn.Module):
     qkv = nn.Dense(3 * self.width, dtype=self.dtype, kernel_init=_normal(self.init_std),
                    name="in_proj")(x)
     q, k, v = jnp.split(qkv.reshape(b, t, 3, self.heads, head_dim), 3, axis=2)
-    out = jax.nn.dot_product_attention(
-        q[:, :, 0], k[:, :, 0], v[:, :, 0], is_causal=self.causal,
-        implementation=self.attention_impl)
+    out = attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], self.causal, self.attention_impl,
+                    CUDNN_SEQ_MULTIPLE if self.attention_impl == "cudnn" else 1)
     out = out.reshape(b, t, self.width)
     return nn.Dense(self.width, dtype=self.dtype, kernel_init=_normal(self.out_std),
                     name="out_proj")(out)

@@ -17,7 +17,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.model.remat = False             # rematerialize transformer blocks (large models, big batches)
   c.model.text_calls = "auto"       # caption sets: "batched" (one call), "separate" (one per set);
                                     # auto = separate on CPU (faster there), batched on accelerators
-  c.model.attention_impl = ""       # "" lets XLA choose; "cudnn" = flash attention on NVIDIA GPUs
+  c.model.attention_impl = "auto"   # auto = "cudnn" (flash attention) on NVIDIA GPUs, else "xla"
   c.init_from = ""                  # open_clip weights: file, tag ("openai"), hf-hub:, local-dir:
 
   c.data = ml_collections.ConfigDict()
