@@ -254,17 +254,20 @@ def _setup_threads() -> int:
 
 def run(model: str = "ViT-B-32-quickgelu", batch_sizes=(8, 16), kinds=("clic", "clip"),
         warmup: int = 2, repeats: int = 5, ablations: bool = False, seed: int = 0,
-        verbose: bool = True, split_text_calls: bool = False) -> dict:
+        verbose: bool = True, split_text_calls: bool | None = None) -> dict:
   """Times clic_jax against PyTorch for each (kind, batch size); optional clic_jax-only ablations.
 
   Ablations (CLIC step, first batch size, same measurement loop): the vision tower trained
   instead of frozen, the five caption sets as five encode_text calls instead of one, and
-  rematerialized transformer blocks (`remat=True`). `split_text_calls=True` makes the compared
-  clic_jax step encode each caption set in its own call (faster on CPU, see RESULTS.md).
+  rematerialized transformer blocks (`remat=True`). `split_text_calls` chooses whether the
+  compared clic_jax step encodes each caption set in its own call; None does what the trainer's
+  `model.text_calls="auto"` does: separate calls on CPU (faster there, see RESULTS.md).
   """
   import jax
   import torch
 
+  if split_text_calls is None:
+    split_text_calls = jax.default_backend() == "cpu"
   import clic_jax
   cores = _setup_threads()
   reference = torch_model(model, seed)
@@ -298,7 +301,7 @@ def run(model: str = "ViT-B-32-quickgelu", batch_sizes=(8, 16), kinds=("clic", "
              "torch_times_s": timings["torch"]["times_s"]}
       if ablations and kind == "clic" and batch_size == batch_sizes[0]:
         row.update(_ablations(model, module, params, kind, device_batch, jax_step, warmup, repeats,
-                              verbose))
+                              split_text_calls, verbose))
       if verbose:
         print(f"[train_step] {kind} B={batch_size}: first-step loss clic_jax {jax_loss:.6f} "
               f"torch {torch_loss:.6f}; step clic_jax {jax_s:.3f}s torch {torch_s:.3f}s "
@@ -323,14 +326,15 @@ def run(model: str = "ViT-B-32-quickgelu", batch_sizes=(8, 16), kinds=("clic", "
   return result
 
 
-ABLATIONS = {   # name -> JaxStep keyword arguments
+ABLATIONS = {   # name -> JaxStep keyword arguments (the baseline's other text-call mode)
     "vision_trained": {"freeze_vision": False},
-    "5_text_calls": {"separate_text_calls": True},
+    "other_text_calls": {"separate_text_calls": None},
     "remat": {"remat": True},
 }
 
 
-def _ablations(model, module, params, kind, batch, baseline, warmup, repeats, verbose) -> dict:
+def _ablations(model, module, params, kind, batch, baseline, warmup, repeats, split,
+               verbose) -> dict:
   """Each variant timed alternately with the baseline step, one variant alive at a time (memory).
 
   Returns {"clic_jax_<name>_step_s", "clic_jax_<name>_vs_baseline"} per ablation.
@@ -338,6 +342,8 @@ def _ablations(model, module, params, kind, batch, baseline, warmup, repeats, ve
   import gc
   out = {}
   for name, kwargs in ABLATIONS.items():
+    kwargs = dict(kwargs)
+    kwargs["separate_text_calls"] = (not split) if "separate_text_calls" in kwargs else split
     variant = JaxStep(model if kwargs.get("remat") else module, params, kind,
                       **{k: v for k, v in kwargs.items() if k != "remat"},
                       remat=kwargs.get("remat", False))
@@ -380,13 +386,15 @@ def main(argv=None) -> None:
   parser.add_argument("--warmup", type=int, default=2)
   parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--ablations", action="store_true")
-  parser.add_argument("--split_text_calls", action="store_true",
-                      help="clic_jax encodes each caption set in its own call")
+  parser.add_argument("--text_calls", default="auto", choices=("auto", "batched", "separate"),
+                      help="clic_jax's caption sets: as the trainer does (auto: separate on CPU), "
+                           "one batched call, or one call per set")
   parser.add_argument("--json", default=None)
   args = parser.parse_args(argv)
   result = run(args.model, tuple(int(b) for b in args.batch_sizes.split(",")),
                tuple(args.kinds.split(",")), args.warmup, args.repeats, args.ablations,
-               split_text_calls=args.split_text_calls)
+               split_text_calls=None if args.text_calls == "auto"
+               else args.text_calls == "separate")
   print(format_table(result))
   if args.json:
     with open(args.json, "w") as f:

@@ -77,6 +77,15 @@ def test_accelerator_torch_step_runs_on_cpu():
   assert _positive(row["step_s"]) and math.isfinite(row["loss"]) and row["device"] == "cpu"
 
 
+def test_cpu_text_backward_benchmark_parts():
+  from benchmarks import cpu_text_backward
+  rows = cpu_text_backward.depth((1, 2), repeats=1)
+  assert [r["layers"] for r in rows] == [1, 2] and all(_positive(r["per_block_s"]) for r in rows)
+  families = cpu_text_backward.profile(1)
+  assert families and all(_positive(r["seconds"]) for r in families)
+  assert all("fusion" in r["kernel_family"] for r in families)
+
+
 def test_flops_match_xla_cost_analysis_tiny():
   """Compared: XLA's count of the whole compiled step vs our matmul count + optimizer term."""
   ours = flops.step_flops("tiny", 4, "clic")

@@ -315,3 +315,16 @@ def test_every_batch_has_the_same_stats_keys(data):
   for b in batches:
     stats.accumulate(running, b["stats"])
   assert running["resampled/missing_image"] == 0 and "caption/no_valid_negative" in running
+
+
+def test_text_length_for_picks_the_shortest_bucket_that_holds_every_caption():
+  texts = np.zeros((2, 3, 77), np.int32)
+  texts[:, :, 0] = 49406
+  texts[0, 1, 1:10], texts[0, 1, 10] = 7, 49407           # longest row ends at column 10
+  assert pipeline.text_length_for(texts, (32, 48, 64)) == 32
+  texts[1, 2, 40] = 49407                                  # now column 40 is used
+  assert pipeline.text_length_for(texts, (64, 32, 48)) == 48
+  texts[1, 0, 76] = 49407                                  # a row truncated at the full width
+  assert pipeline.text_length_for(texts, (32, 48, 64)) == 77
+  assert pipeline.text_length_for(texts[..., :20], ()) == 20
+  assert pipeline.text_length_for(np.zeros((1, 1, 77), np.int32), (32,)) == 32

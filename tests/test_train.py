@@ -9,6 +9,7 @@ import optax
 import pytest
 
 from clic_jax import models
+from clic_jax.data import pipeline as pipeline_lib
 from clic_jax.train import mesh as mesh_lib
 from clic_jax.train import optimizer as opt_lib
 from clic_jax.train import step as step_lib
@@ -205,3 +206,33 @@ def test_separate_text_calls_give_the_same_step():
   assert np.isclose(m_a["loss"], m_b["loss"], rtol=1e-6)
   for a, b in zip(jax.tree.leaves(s_a.trainable), jax.tree.leaves(s_b.trainable)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_trimmed_text_rows_give_the_same_step():
+  """Cutting padding columns after the longest caption is exact (causal tower, EOT pooling)."""
+  model, params = models.create_model("tiny", seed=5)
+  tx = optax.sgd(1e-2)
+  batch = synthetic_batch("clic")
+  length = pipeline_lib.text_length_for(batch["texts"], (32, 48, 64))
+  assert length == 32 < batch["texts"].shape[-1]
+  trimmed = dict(batch, texts=batch["texts"][..., :length])
+  state = step_lib.create_state(params, tx, ())
+  step = jax.jit(step_lib.make_train_step(model, tx, "clic", step_lib.LossWeights()))
+  (s_a, m_a), (s_b, m_b) = (jax.device_get(step(state, b)) for b in (batch, trimmed))
+  assert np.isclose(m_a["loss"], m_b["loss"], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(s_a.trainable), jax.tree.leaves(s_b.trainable)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_training_with_text_length_buckets_matches_full_rows(tmp_path, caption_dataset):
+  csv_path, images = caption_dataset
+  losses = {}
+  for buckets in ("", "8,16,32,48,64"):
+    workdir = tmp_path / (buckets or "full")
+    trainer.train(tiny_config(csv_path, images, total_steps=4, checkpoint_every_steps=4,
+                              **{"data.text_length_buckets": buckets}), workdir)
+    losses[buckets] = [r["loss"] for r in read_metrics(workdir)]
+  np.testing.assert_allclose(losses[""], losses["8,16,32,48,64"], rtol=1e-5)
+  with pytest.raises(trainer.ConfigError, match="text_length_buckets"):
+    trainer.text_length_buckets(tiny_config(csv_path, images,
+                                            **{"data.text_length_buckets": "32,long"}))

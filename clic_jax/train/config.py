@@ -36,6 +36,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.pos_backend = "auto"
   c.data.image_dtype = "uint8"      # ship uint8, normalize on device ("float32": on the host)
   c.data.context_length = 77        # shorter only for short captions: text cost scales with it
+  c.data.text_length_buckets = "32,48,64"  # cut each batch's token rows to the shortest of these
+                                    # that holds its longest caption (exact; "" = always 77)
 
   c.global_batch_size = 800         # the reference: 4 GPUs x 200
   c.total_steps = 0                 # > 0 overrides num_epochs

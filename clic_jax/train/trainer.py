@@ -115,6 +115,24 @@ def pipeline_config(config, image_size: int) -> pipeline_lib.PipelineConfig:
       context_length=data.get("context_length", 77), image_dtype=data.get("image_dtype", "uint8"))
 
 
+def text_length_buckets(config) -> tuple[int, ...]:
+  """data.text_length_buckets ("32,48,64", a tuple, or "" for none) as sorted ints.
+
+  Only on one host: every host would have to cut to the same length (one global array), which
+  needs an agreement per step; multi-host runs keep the full context length.
+  """
+  value = config.data.get("text_length_buckets", "")
+  items = value.split(",") if isinstance(value, str) else list(value)
+  try:
+    buckets = tuple(sorted({int(v) for v in items if str(v).strip()}))
+  except ValueError:
+    raise ConfigError(f"data.text_length_buckets={value!r}: a comma list of token counts, "
+                      "e.g. \"32,48,64\", or \"\"") from None
+  if any(b < 2 for b in buckets):
+    raise ConfigError(f"data.text_length_buckets={value!r}: lengths must be at least 2")
+  return buckets if jax.process_count() == 1 else ()
+
+
 def check_config(config) -> None:
   """Everything that can be checked before touching data or compiling."""
   try:
@@ -133,6 +151,7 @@ def check_config(config) -> None:
   if config.data.mode not in pipeline_lib.MODES:
     raise ConfigError(f"config.data.mode={config.data.mode!r}: use one of {pipeline_lib.MODES}")
   attention_impl(config.model.get("attention_impl", "auto"))
+  text_length_buckets(config)
   init = config.get("init_from", "")
   if init and not (Path(init).exists() or ":" in init or "/" not in init):
     raise ConfigError(f"config.init_from={init!r}: no such file (use a weights file, a pretrained "
@@ -334,13 +353,17 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
     row.update({f"pipeline/{k}": v for k, v in pipeline_counts.items()})
     return row
 
+  buckets = text_length_buckets(config)
   with _Preemption() as preemption:
     while step < total_steps * micro:
       host_batch = next(data_iter)
       kind = host_batch["kind"]
       for key, value in host_batch.get("stats", {}).items():
         pipeline_counts[key] = pipeline_counts.get(key, 0) + int(np.sum(value))
-      device_batch = mesh_lib.global_batch(mesh, {k: host_batch[k] for k in ("images", "texts")})
+      texts = host_batch["texts"]
+      if buckets:   # exact: padding columns after the longest caption (one compile per length)
+        texts = texts[..., :pipeline_lib.text_length_for(texts, buckets)]
+      device_batch = mesh_lib.global_batch(mesh, {"images": host_batch["images"], "texts": texts})
       on_device_norm = host_batch["image_norm"] if host_batch["images"].dtype == np.uint8 else None
       state, metrics = step_fn(kind, on_device_norm)(state, device_batch)
       if sync_each_step:
