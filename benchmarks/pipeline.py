@@ -171,7 +171,7 @@ def _text_fraction(source, config, pairs) -> tuple[float, float, float]:
 def run(num_images: int = 2000, image_size: int = 224, batch_size: int = 32,
         num_samples: int = 1536, num_threads: int | None = None, cache_dir: str | None = None,
         include_csv: bool = True, seed: int = 0, rounds: int = 2) -> dict:
-  num_threads = num_threads or os.cpu_count() or 1
+  num_threads = num_threads or pipeline.default_num_threads()   # the trainer's default, both sides
   cache_dir = cache_dir or os.path.join(tempfile.gettempdir(), "clic_jax_bench_pipeline")
   os.makedirs(cache_dir, exist_ok=True)
   t0 = time.perf_counter()

@@ -30,7 +30,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.mode = "clic"              # clic | negclip (D10) | baseline (D11)
   c.data.num_extra_positives = 2    # p3, p4
   c.data.concat_image_norm = "clip"  # "imagenet" reproduces the reference's concatenated images
-  c.data.num_threads = 0            # grain reader threads; 0: one per CPU core
+  c.data.num_threads = 0            # grain reader threads; 0: one per CPU core, plus one
   c.data.prefetch_batches = 0       # batches read ahead; 0: the pipeline's default
   c.data.mp_workers = 0
   c.data.pos_backend = "auto"
