@@ -149,12 +149,38 @@ class Transformer(nn.Module):
   remat: bool = False
   attention_impl: str | None = None
 
+  # None: run the blocks under lax.scan on CPU, unrolled elsewhere. XLA:CPU fuses the elementwise
+  # residual-stream chain of an unrolled stack into every block's backward, recomputing it per
+  # block (quadratic in depth: a 12-block text backward 1.6x slower than under scan,
+  # benchmarks/RESULTS.md); a loop iteration is a fusion boundary. The parameters keep open_clip's
+  # per-block layout (resblocks_0, ...) either way: they are stacked for the scan at apply time.
+  scan_layers: bool | None = None
+
   @nn.compact
   def __call__(self, x):
+    scan = jax.default_backend() == "cpu" if self.scan_layers is None else self.scan_layers
+    if scan and not self.is_initializing():
+      return self._scanned(x)
     block = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
     for i in range(self.layers):
       x = block(self.width, self.heads, self.mlp_ratio, self.layers, self.causal, self.quick_gelu,
                 self.dtype, self.attention_impl, name=f"resblocks_{i}")(x)
+    return x
+
+  def _scanned(self, x):
+    params = self.variables["params"]
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves),
+                           *[params[f"resblocks_{i}"] for i in range(self.layers)])
+    template = ResidualAttentionBlock(self.width, self.heads, self.mlp_ratio, self.layers,
+                                      self.causal, self.quick_gelu, self.dtype,
+                                      self.attention_impl, parent=None)   # unbound: pure apply
+
+    def body(carry, block_params):
+      return template.apply({"params": block_params}, carry), None
+
+    if self.remat:
+      body = jax.checkpoint(body)
+    x, _ = jax.lax.scan(body, x, stacked)
     return x
 
 

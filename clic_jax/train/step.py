@@ -49,9 +49,9 @@ def create_state(params, tx: optax.GradientTransformation, freeze) -> TrainState
 def _embed(model, params, batch, separate_text_calls: bool = False):
   """Normalized image (B, D) and text (K, B, D) embeddings.
 
-  The K caption sets go through the text tower as one batched call of K*B sequences (best on
-  accelerators), or with `separate_text_calls` as K calls of B (measured 0.63x the step time on
-  CPU, where the smaller working set stays in cache; benchmarks/RESULTS.md).
+  The K caption sets go through the text tower as one batched call of K*B sequences (the fastest
+  on GPU and, with the CPU's scanned layers, on CPU too), or with `separate_text_calls` as K calls
+  of B (kept as an option; benchmarks/RESULTS.md has both measured).
   """
   texts = batch["texts"]
   b, k, length = texts.shape
