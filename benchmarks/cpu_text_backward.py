@@ -6,10 +6,11 @@ Three measurements on the ViT-B-32 text tower's shapes (40 captions x 77 tokens,
 2,048, 8 heads), float32, each timed as the median of `--repeats` after one warm-up:
 1. matmuls: the MLP's forward and backward products in jax (jit) and torch, side by side: shows
    whether XLA:CPU's matrix kernels are the gap (they are not);
-2. depth: forward + backward of a stack of N clic_jax transformer blocks, per block: a constant
-   per-block cost means the compiler keeps up; a growing one means work that scales with depth;
-3. `--profile`: a jax.profiler trace of the 12-block backward, the kernel times summed by kernel
-   family (`copy_bitcast_fusion`, `ynn_fusion`, ...), from the trace's perfetto JSON.
+2. depth: forward + backward of a stack of N clic_jax transformer blocks, per block, unrolled
+   (how GPUs run it) and under lax.scan (the CPU default): a constant per-block cost means the
+   compiler keeps up; a growing one means work that scales with depth;
+3. `--profile`: a jax.profiler trace of the unrolled 12-block backward, the kernel times summed by
+   kernel family (`copy_bitcast_fusion`, `ynn_fusion`, ...), from the trace's perfetto JSON.
 benchmarks/RESULTS.md records what these showed on the project's CPU machine.
 """
 from __future__ import annotations
@@ -64,13 +65,14 @@ def matmuls(repeats: int = 5) -> list[dict]:
   return rows
 
 
-def _stack_grad(layers: int):
+def _stack_grad(layers: int, scan: bool = False):
   import jax
   import jax.numpy as jnp
 
   from clic_jax.models import clip
   x = jax.random.normal(jax.random.key(0), (TOKENS // 77, 77, WIDTH))
-  module = clip.Transformer(WIDTH, layers, HEADS, HIDDEN / WIDTH, causal=True, quick_gelu=True)
+  module = clip.Transformer(WIDTH, layers, HEADS, HIDDEN / WIDTH, causal=True, quick_gelu=True,
+                            scan_layers=scan)
   params = module.init(jax.random.key(1), x)
   grad = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.square(module.apply(p, x)))))
   return lambda: jax.block_until_ready(grad(params, x))
@@ -79,8 +81,10 @@ def _stack_grad(layers: int):
 def depth(layer_counts=(1, 3, 6, 12), repeats: int = 3) -> list[dict]:
   rows = []
   for layers in layer_counts:
-    seconds = _median_s(_stack_grad(layers), repeats)
-    rows.append({"layers": layers, "fwd_bwd_s": seconds, "per_block_s": seconds / layers})
+    unrolled = _median_s(_stack_grad(layers), repeats)
+    scanned = _median_s(_stack_grad(layers, scan=True), repeats)
+    rows.append({"layers": layers, "fwd_bwd_s": unrolled, "per_block_s": unrolled / layers,
+                 "scan_fwd_bwd_s": scanned, "scan_per_block_s": scanned / layers})
   return rows
 
 
@@ -120,9 +124,11 @@ def main(argv=None) -> None:
   print(f"{'product (3,080 x 512 x 2,048)':<28} {'jax GFLOP/s':>12} {'torch GFLOP/s':>14}")
   for r in result["matmuls"]:
     print(f"{r['product']:<28} {r['jax_gflops']:>12.0f} {r['torch_gflops']:>14.0f}")
-  print(f"\n{'blocks':>6} {'fwd+bwd s':>10} {'per block ms':>13}")
+  print(f"\n{'blocks':>6} {'unrolled s':>10} {'per block ms':>13} {'scanned s':>10} "
+        f"{'per block ms':>13}")
   for r in result["depth"]:
-    print(f"{r['layers']:>6} {r['fwd_bwd_s']:>10.2f} {1e3 * r['per_block_s']:>13.0f}")
+    print(f"{r['layers']:>6} {r['fwd_bwd_s']:>10.2f} {1e3 * r['per_block_s']:>13.0f} "
+          f"{r['scan_fwd_bwd_s']:>10.2f} {1e3 * r['scan_per_block_s']:>13.0f}")
   if args.profile:
     result["profile"] = profile(max(int(v) for v in args.layers.split(",")))
     print(f"\n{'kernel family':<28} {'seconds':>8} {'kernels':>8}")

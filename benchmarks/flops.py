@@ -134,7 +134,8 @@ def xla_step_flops(model: str, batch_size: int, kind: str = "clic") -> float:
   from clic_jax.train import optimizer as opt_lib
   from clic_jax.train import step as step_lib
 
-  module = build_model(model)
+  # Unrolled blocks: XLA's cost analysis counts a loop body once, not once per iteration.
+  module = build_model(model, scan_layers=False)
   cfg = module.cfg
   images = jax.ShapeDtypeStruct((batch_size, cfg.vision.image_size, cfg.vision.image_size, 3),
                                 jnp.float32)

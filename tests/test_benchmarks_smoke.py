@@ -80,7 +80,8 @@ def test_accelerator_torch_step_runs_on_cpu():
 def test_cpu_text_backward_benchmark_parts():
   from benchmarks import cpu_text_backward
   rows = cpu_text_backward.depth((1, 2), repeats=1)
-  assert [r["layers"] for r in rows] == [1, 2] and all(_positive(r["per_block_s"]) for r in rows)
+  assert [r["layers"] for r in rows] == [1, 2]
+  assert all(_positive(r["per_block_s"]) and _positive(r["scan_per_block_s"]) for r in rows)
   families = cpu_text_backward.profile(1)
   assert families and all(_positive(r["seconds"]) for r in families)
   assert all("fusion" in r["kernel_family"] for r in families)

@@ -11,9 +11,14 @@ from clic_jax.models.registry import (ClipConfig, TextConfig, UnknownModelError,
 
 
 def build_model(name: str | ClipConfig, dtype=jnp.float32, remat: bool = False,
-                attention_impl: str | None = None) -> CLIP:
-  """The Flax module for an architecture name (see `known_models()`) or a ClipConfig."""
-  return CLIP(get_model_config(name), dtype=dtype, remat=remat, attention_impl=attention_impl)
+                attention_impl: str | None = None, scan_layers: bool | None = None) -> CLIP:
+  """The Flax module for an architecture name (see `known_models()`) or a ClipConfig.
+
+  scan_layers: None runs the transformer blocks under lax.scan on CPU and unrolled elsewhere;
+  the parameters are the same either way.
+  """
+  return CLIP(get_model_config(name), dtype=dtype, remat=remat, attention_impl=attention_impl,
+              scan_layers=scan_layers)
 
 
 def init_params(model: CLIP, seed: int = 0):

@@ -191,6 +191,7 @@ class VisionTransformer(nn.Module):
   dtype: Dtype = jnp.float32
   remat: bool = False
   attention_impl: str | None = None
+  scan_layers: bool | None = None
 
   @nn.compact
   def __call__(self, images):
@@ -208,7 +209,7 @@ class VisionTransformer(nn.Module):
     x = x + pos.astype(self.dtype)
     x = LayerNorm(self.dtype, name="ln_pre")(x)
     x = Transformer(c.width, c.layers, c.heads, c.mlp_ratio, False, self.quick_gelu, self.dtype,
-                    self.remat, self.attention_impl, name="transformer")(x)
+                    self.remat, self.attention_impl, self.scan_layers, name="transformer")(x)
     pooled = LayerNorm(jnp.float32, name="ln_post")(x[:, 0])   # ln over tokens then [0] == ln of [0]
     proj = self.param("proj", _normal(scale), (c.width, self.output_dim), jnp.float32)
     return pooled @ proj
@@ -220,17 +221,19 @@ class CLIP(nn.Module):
   dtype: Dtype = jnp.float32
   remat: bool = False
   attention_impl: str | None = None
+  scan_layers: bool | None = None     # None: lax.scan over blocks on CPU (see Transformer)
 
   def setup(self):
     c: TextConfig = self.cfg.text
     self.visual = VisionTransformer(self.cfg.vision, self.cfg.embed_dim, self.cfg.quick_gelu,
-                                    self.dtype, self.remat, self.attention_impl)
+                                    self.dtype, self.remat, self.attention_impl, self.scan_layers)
     self.token_embedding = nn.Embed(c.vocab_size, c.width, embedding_init=_normal(0.02),
                                     param_dtype=jnp.float32, dtype=self.dtype)
     self.positional_embedding = self.param("positional_embedding", _normal(0.01),
                                            (c.context_length, c.width), jnp.float32)
     self.transformer = Transformer(c.width, c.layers, c.heads, c.mlp_ratio, True,
-                                   self.cfg.quick_gelu, self.dtype, self.remat, self.attention_impl)
+                                   self.cfg.quick_gelu, self.dtype, self.remat, self.attention_impl,
+                                   self.scan_layers)
     self.ln_final = LayerNorm(jnp.float32)
     self.text_projection = self.param("text_projection", _normal(c.width ** -0.5),
                                       (c.width, self.cfg.embed_dim), jnp.float32)
