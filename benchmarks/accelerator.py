@@ -271,11 +271,8 @@ def main(argv=None) -> None:
   result = run(tuple(args.models.split(",")), args.batch, _bools(args.remat), impls, args.dtype,
                args.fsdp, args.warmup, args.steps, args.peak_tflops,
                kinds=tuple(args.kinds.split(",")), text_calls=tuple(args.text_calls.split(",")),
-               json_path=args.json, text_length=args.text_length)
+               json_path=args.json, text_length=args.text_length)   # run() writes the JSON
   print(format_table(result))
-  if args.json:
-    with open(args.json, "w") as f:
-      json.dump(result, f, indent=2)
 
 
 if __name__ == "__main__":

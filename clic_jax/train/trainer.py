@@ -56,11 +56,9 @@ def attention_impl(name: str) -> str | None:
   """
   if name == "auto":
     return "cudnn" if _nvidia_gpu() else None
-  if name in ("", "xla"):
-    return None if name == "" else "xla"
-  if name == "cudnn":
-    return "cudnn"
-  raise ConfigError(f"model.attention_impl={name!r}: use auto, xla or cudnn")
+  if name not in ("", "xla", "cudnn"):
+    raise ConfigError(f"model.attention_impl={name!r}: use auto, xla or cudnn")
+  return name or None
 
 
 def _nvidia_gpu() -> bool:
