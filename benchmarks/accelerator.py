@@ -77,11 +77,14 @@ def bench_one(model: str, batch: int, *, kind: str = "clic", remat: bool = False
               attention_impl: str | None = None, text_calls: str = "batched",
               text_length: int | None = None, dtype: str = "bfloat16", fsdp: int = 1,
               warmup: int = 2, steps: int = 5,
-              peak_tflops: float | None = None, seed: int = 0) -> dict:
+              peak_tflops: float | None = None, seed: int = 0,
+              pooled_last_block: bool = True) -> dict:
   """Compiles and times one step kind of one configuration; returns the numbers as a dict.
 
   `text_length` < 77 runs the text tower on token rows cut to that length, what a pipeline that
   trims each batch to its longest caption feeds (exact for CLIP's causal text tower).
+  `pooled_last_block=False` runs each tower's last block for every token (open_clip's work); the
+  FLOP count follows the model that ran.
   """
   import dataclasses
 
@@ -96,7 +99,8 @@ def bench_one(model: str, batch: int, *, kind: str = "clic", remat: bool = False
   from clic_jax.train import step as step_lib
 
   freeze = ("^visual/",)
-  module = build_model(model, dtype=jnp.dtype(dtype), remat=remat, attention_impl=attention_impl)
+  module = build_model(model, dtype=jnp.dtype(dtype), remat=remat, attention_impl=attention_impl
+                       ).clone(pooled_last_block=pooled_last_block)
   mesh = mesh_lib.make_mesh(fsdp)
   devices = jax.device_count()
   global_batch = batch * devices
@@ -139,14 +143,15 @@ def bench_one(model: str, batch: int, *, kind: str = "clic", remat: bool = False
 
   device = jax.devices()[0]
   peak = peak_tflops if peak_tflops else peak_tflops_for(device.device_kind)
-  count = flops_lib.step_flops(model, global_batch, kind, text_length=text_length)
+  count = flops_lib.step_flops(model, global_batch, kind, text_length=text_length,
+                               pooled_last_block=pooled_last_block)
   achieved = count.total / step_s
   result = {
       "model": model, "per_device_batch": batch, "global_batch": global_batch, "devices": devices,
       "device_kind": device.device_kind, "platform": device.platform, "dtype": dtype,
       "kind": kind, "remat": remat, "attention_impl": attention_impl or "default",
       "text_calls": text_calls, "text_length": text_length or module.cfg.text.context_length,
-      "fsdp": fsdp,
+      "fsdp": fsdp, "pooled_last_block": pooled_last_block,
       "compile_s": compile_s, "step_s": step_s, "times_s": times,
       "examples_per_s": global_batch / step_s,
       "captions_per_s": texts_per_image(kind) * global_batch / step_s,
@@ -170,7 +175,7 @@ def run(models=("ViT-B-16", "ViT-L-14"), batch: int = 200, remat_options=(False,
         attention_impls=(None,), dtype: str = "bfloat16", fsdp: int = 1, warmup: int = 2,
         steps: int = 5, peak_tflops: float | None = None, verbose: bool = True,
         kinds=("clic",), text_calls=("batched",), json_path: str | None = None,
-        text_length: int | None = None) -> dict:
+        text_length: int | None = None, pooled_last_block: bool = True) -> dict:
   """Every (model, kind, remat, attention_impl, text_calls) combination, in that nesting order.
 
   A failing configuration (out of memory, cuDNN attention unavailable, ...) is recorded as an
@@ -191,8 +196,8 @@ def run(models=("ViT-B-16", "ViT-L-14"), batch: int = 200, remat_options=(False,
             try:
               row = bench_one(model, batch, kind=kind, remat=remat, attention_impl=impl,
                               text_calls=calls, text_length=text_length, dtype=dtype,
-                              fsdp=fsdp, warmup=warmup,
-                              steps=steps, peak_tflops=peak_tflops)
+                              fsdp=fsdp, warmup=warmup, steps=steps, peak_tflops=peak_tflops,
+                              pooled_last_block=pooled_last_block)
             except Exception as error:   # e.g. out of memory without remat, cudnn missing
               row = {"model": model, "kind": kind, "remat": remat,
                      "attention_impl": impl or "default", "text_calls": calls,
@@ -264,6 +269,8 @@ def main(argv=None) -> None:
   parser.add_argument("--steps", type=int, default=5)
   parser.add_argument("--peak_tflops", type=float, default=None,
                       help="peak bf16 TFLOP/s per device (overrides the table; needed on CPU)")
+  parser.add_argument("--full_last_block", action="store_true",
+                      help="run each tower's last block for every token, as open_clip does")
   parser.add_argument("--json", default=None)
   args = parser.parse_args(argv)
   impls = tuple(None if s.strip() == "default" else s.strip()
@@ -271,7 +278,8 @@ def main(argv=None) -> None:
   result = run(tuple(args.models.split(",")), args.batch, _bools(args.remat), impls, args.dtype,
                args.fsdp, args.warmup, args.steps, args.peak_tflops,
                kinds=tuple(args.kinds.split(",")), text_calls=tuple(args.text_calls.split(",")),
-               json_path=args.json, text_length=args.text_length)   # run() writes the JSON
+               json_path=args.json, text_length=args.text_length,
+               pooled_last_block=not args.full_last_block)   # run() writes the JSON
   print(format_table(result))
 
 

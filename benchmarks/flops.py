@@ -15,13 +15,23 @@ One transformer block, sequence length T, width W, MLP hidden H = mlp_ratio * W,
 
 The causal text mask is not subtracted: dense attention kernels compute the full T x T scores.
 
+Each tower's last block runs for its pooled token only (clic_jax's `pooled_last_block`, the
+default: the class token, the end-of-text token): keys and values for all T tokens, everything
+else for one:
+
+    pooled_block(T, W, H) = 2*T*W*2W + 2*W*W + 4*T*W + 2*W*W + 4*W*H
+                          = 4*T*W^2 + 4*W^2 + 4*T*W + 4*W*H
+
+`pooled_last_block=False` counts L full blocks, what open_clip computes.
+
 Vision tower forward, per image (patch p, grid g = image_size / p, T_v = g^2 + 1 tokens, width W_v):
     vision_fwd = 2 * g^2 * (3 p^2) * W_v        (patch-embedding convolution)
-               + L_v * block(T_v, W_v, H_v)
+               + (L_v - 1) * block(T_v, W_v, H_v) + pooled_block(T_v, W_v, H_v)
                + 2 * W_v * E                   (projection of the class token, E = embed_dim)
 
 Text tower forward, per caption (context C = 77, width W_t):
-    text_fwd = L_t * block(C, W_t, H_t) + 2 * W_t * E   (pooled EOT token projection)
+    text_fwd = (L_t - 1) * block(C, W_t, H_t) + pooled_block(C, W_t, H_t)
+             + 2 * W_t * E                                 (pooled EOT token projection)
 The token embedding is a gather (0 FLOPs forward; its backward is a scatter-add, also not counted).
 
 Backward = 2 x forward (one product for the input gradient, one for the weight gradient), so a
@@ -46,10 +56,11 @@ its two 64-wide layers.
 
 Cross-check: `xla_step_flops` compiles the real `make_train_step` and reads XLA's own count
 (`compiled.cost_analysis()["flops"]`, which counts every op, elementwise ones at 1 FLOP per element).
-Compared quantity: XLA's count vs `total + optimizer`. Measured on this CPU: tiny batch 4 CLIC
-1.32e9 vs 1.19e9 (XLA +11 %, LayerNorm/softmax/GELU), CLIP 3.50e8 vs 3.22e8 (+9 %); ViT-B-32
-batch 8 CLIC 0.801 vs 0.788 TFLOP (+1.7 %), CLIP 0.218 vs 0.216 TFLOP (+1 %). The test checks the
-tiny model within 20 % (ViT-B-32 compiles take ~30 s each, too slow for the test budget).
+Compared quantity: XLA's count vs `total + optimizer`. Measured on this CPU with every block full
+(before the pooled last block): tiny batch 4 CLIC 1.32e9 vs 1.19e9 (XLA +11 %, LayerNorm/softmax/
+GELU), CLIP 3.50e8 vs 3.22e8 (+9 %); ViT-B-32 batch 8 CLIC 0.801 vs 0.788 TFLOP (+1.7 %), CLIP
+0.218 vs 0.216 TFLOP (+1 %). The test checks the tiny model within 20 %, pooled and full (ViT-B-32
+compiles take ~30 s each, too slow for the test budget).
 """
 from __future__ import annotations
 
@@ -66,20 +77,34 @@ def block_flops(seq: int, width: int, hidden: int) -> int:
   return 8 * seq * width * width + 4 * seq * seq * width + 4 * seq * width * hidden
 
 
-def vision_forward_flops(cfg: ClipConfig) -> int:
+def pooled_block_flops(seq: int, width: int, hidden: int) -> int:
+  """Forward matmul FLOPs of a block run for one query (keys and values of all `seq` tokens)."""
+  return 4 * seq * width * width + 4 * width * width + 4 * seq * width + 4 * width * hidden
+
+
+def tower_blocks_flops(layers: int, seq: int, width: int, hidden: int,
+                       pooled_last_block: bool = True) -> int:
+  if not pooled_last_block:
+    return layers * block_flops(seq, width, hidden)
+  return (layers - 1) * block_flops(seq, width, hidden) + pooled_block_flops(seq, width, hidden)
+
+
+def vision_forward_flops(cfg: ClipConfig, pooled_last_block: bool = True) -> int:
   v = cfg.vision
   tokens = v.grid * v.grid + 1
   patch_embed = 2 * v.grid * v.grid * (3 * v.patch_size * v.patch_size) * v.width
   hidden = int(v.width * v.mlp_ratio)
-  return patch_embed + v.layers * block_flops(tokens, v.width, hidden) + 2 * v.width * cfg.embed_dim
+  return (patch_embed + tower_blocks_flops(v.layers, tokens, v.width, hidden, pooled_last_block)
+          + 2 * v.width * cfg.embed_dim)
 
 
-def text_forward_flops(cfg: ClipConfig, length: int | None = None) -> int:
+def text_forward_flops(cfg: ClipConfig, length: int | None = None,
+                       pooled_last_block: bool = True) -> int:
   """Per caption; `length` = tokens actually run (a batch cut to its longest caption), default C."""
   t = cfg.text
   hidden = int(t.width * t.mlp_ratio)
-  return (t.layers * block_flops(length or t.context_length, t.width, hidden)
-          + 2 * t.width * cfg.embed_dim)
+  return (tower_blocks_flops(t.layers, length or t.context_length, t.width, hidden,
+                             pooled_last_block) + 2 * t.width * cfg.embed_dim)
 
 
 def text_trainable_params(cfg: ClipConfig) -> int:
@@ -109,7 +134,7 @@ class StepFlops:
 
 def step_flops(model: str | ClipConfig, batch_size: int, kind: str = "clic",
                freeze_vision: bool = True, num_positives: int = NUM_POSITIVES,
-               text_length: int | None = None) -> StepFlops:
+               text_length: int | None = None, pooled_last_block: bool = True) -> StepFlops:
   """Matmul FLOPs of one training step of `kind` ("clic" or "clip") on `batch_size` images."""
   cfg = get_model_config(model)
   if kind == "clic":
@@ -118,14 +143,15 @@ def step_flops(model: str | ClipConfig, batch_size: int, kind: str = "clic",
     texts_per_image, sets = 1, 1
   else:
     raise ValueError(f"kind must be 'clic' or 'clip', got {kind!r}.")
-  vision = batch_size * vision_forward_flops(cfg) * (1 if freeze_vision else 3)
-  text = 3 * texts_per_image * batch_size * text_forward_flops(cfg, text_length)
+  vision = batch_size * vision_forward_flops(cfg, pooled_last_block) * (1 if freeze_vision else 3)
+  text = 3 * texts_per_image * batch_size * text_forward_flops(cfg, text_length, pooled_last_block)
   loss = 4 * sets * batch_size * batch_size * cfg.embed_dim
   optimizer = OPTIMIZER_FLOPS_PER_PARAM * text_trainable_params(cfg)  # frozen vision: no state
   return StepFlops(vision, text, loss, optimizer)
 
 
-def xla_step_flops(model: str, batch_size: int, kind: str = "clic") -> float:
+def xla_step_flops(model: str, batch_size: int, kind: str = "clic",
+                   pooled_last_block: bool = True) -> float:
   """XLA's FLOP count of the compiled clic_jax train step (fp32, vision frozen); nothing runs."""
   import jax
   import jax.numpy as jnp
@@ -135,7 +161,7 @@ def xla_step_flops(model: str, batch_size: int, kind: str = "clic") -> float:
   from clic_jax.train import step as step_lib
 
   # Unrolled blocks: XLA's cost analysis counts a loop body once, not once per iteration.
-  module = build_model(model, scan_layers=False)
+  module = build_model(model, scan_layers=False).clone(pooled_last_block=pooled_last_block)
   cfg = module.cfg
   images = jax.ShapeDtypeStruct((batch_size, cfg.vision.image_size, cfg.vision.image_size, 3),
                                 jnp.float32)

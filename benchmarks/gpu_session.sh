@@ -10,10 +10,11 @@
 #   2. clic_jax CLIC step, ViT-L-14 and ViT-B-16, batch 200, bf16, cuDNN and XLA attention;
 #   3. the same CLIC step in PyTorch open_clip (eager, bf16 autocast: what the reference runs);
 #      open_clip comes from wheels in .whl/ when it is not installed (see benchmarks/RESULTS.md);
-#   4. extras for ViT-L-14: the plain CLIP step, the CLIC step with remat, and with token rows cut
-#      to 48 (what trimming batches to their longest caption buys).
+#   4. extras for ViT-L-14: the plain CLIP step, the CLIC step with remat, with token rows cut
+#      to 48 (what trimming batches to their longest caption buys), and with the last blocks run
+#      for every token (what the pooled last block buys).
 # Output: $OUT/{machine.txt, accelerator.json, torch.json, clip.json, remat.json, len48.json,
-#         session.log}.
+#         full_last_block.json, session.log}.
 set -u
 OUT=${OUT:-/tmp/gpu_session}
 BUDGET_S=${BUDGET_S:-540}
@@ -53,7 +54,8 @@ timeout $(( $(left) - 60 > 30 ? $(left) - 60 : 30 )) $PY -m benchmarks.accelerat
   --models="$MODELS" --batch="$BATCH" --warmup=2 --steps="$STEPS" --json="$OUT/torch.json" 2>&1 \
   | tee -a "$OUT/session.log"
 
-for extra in "clip --remat=false clip" "clic --remat=true remat" "clic --text_length=48 len48"; do
+for extra in "clip --remat=false clip" "clic --remat=true remat" "clic --text_length=48 len48" \
+             "clic --full_last_block full_last_block"; do
   set -- $extra
   if [ "$(left)" -gt 40 ]; then
     log "stage 4: $BIG $1 $2 (left $(left) s)"

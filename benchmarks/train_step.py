@@ -14,14 +14,26 @@ Both sides do the same work from the same weights on the same batch (fp32, CPU):
 The first step's losses of the two frameworks are printed and compared (they start from the same
 weights), so the timing compares equal computations.
 
+Token rows. The batch holds 77-token rows, as open_clip's tokenizer writes them. Four steps run:
+- `clic_jax`: the step as clic_jax's trainer runs it: rows cut after the batch's longest caption to
+  the shortest of the trainer's `data.text_length_buckets` (exact: the text tower is causal and
+  pools at the end-of-text token; done on the host before the batch goes to the device);
+- `torch`: open_clip as the reference trains it, on the 77-token rows;
+- `clic_jax_full_rows` and `torch_trimmed_rows` (`equal_rows=True`): each framework on the other's
+  rows, so the framework comparison at equal work is in the same run.
+`train_step_ratio_vs_torch` = clic_jax / torch (the two as their trainers run); the equal-work
+ratios are `same_rows_full_ratio` (77 rows each) and `same_rows_trimmed_ratio`.
+
+Host memory: by default the steps run inside `host_malloc.kept_freed_memory()` (glibc keeps freed
+blocks in the process), the same for both frameworks; without it every XLA:CPU step maps and
+page-faults a fresh 3.5 GB temporary block. Each row records both frameworks' minor page faults
+per step. `--malloc=default` measures glibc's defaults.
+
 Timing: `warmup` untimed steps per framework (compile, allocator warm-up), then `repeats` rounds,
 each timing one step of every framework back to back (alternating, so both see the same machine
 load), and the median per framework. torch gets `torch.set_num_threads(cpu_count)`; XLA's CPU
 client uses all cores by default. jax steps donate the train state and block until the new state
 is ready; the batch is already on the device (the trainer prefetches it there).
-
-`train_step_ratio_vs_torch` = clic_jax step time / PyTorch step time (lower is better), for the
-CLIC step at the first batch size; per-kind and per-batch ratios are in `rows`.
 """
 from __future__ import annotations
 
@@ -33,6 +45,8 @@ import statistics
 import time
 
 import numpy as np
+
+from benchmarks import host_malloc
 
 SOT, EOT = 49406, 49407
 NUM_POSITIVES = 4
@@ -65,6 +79,14 @@ def make_batch(cfg, batch_size: int, kind: str, seed: int = 0) -> dict:
   return {"images": images, "texts": texts}
 
 
+def trainer_rows(texts: np.ndarray) -> np.ndarray:
+  """The token rows as clic_jax's trainer feeds them to the step (default text_length_buckets)."""
+  from clic_jax.data.pipeline import text_length_for
+  from clic_jax.train import config, trainer
+  buckets = trainer.text_length_buckets(config.default_config())
+  return np.ascontiguousarray(texts[..., :text_length_for(texts, buckets)])
+
+
 def flat_texts(texts: np.ndarray) -> np.ndarray:
   """(B, K, L) -> (K*B, L) in the order [p1 block | p2 block | ... | neg block] of clic_jax."""
   b, k, length = texts.shape
@@ -75,15 +97,27 @@ def flat_texts(texts: np.ndarray) -> np.ndarray:
 # PyTorch side: open_clip model, the CLIC loss from CLIC_SPEC C2-C3, torch AdamW.
 
 
-def torch_model(name: str, seed: int = 0):
+def torch_model(name: str, seed: int = 0, context_length: int | None = None):
+  """open_clip's model (random init, seeded); `context_length` builds it for shorter token rows."""
   import open_clip
   import torch
 
   from clic_jax.models import config_to_open_clip, get_model_config
   torch.manual_seed(seed)
   if name in open_clip.list_models():
-    return open_clip.create_model(name)
-  return open_clip.model.CLIP(**config_to_open_clip(get_model_config(name)))  # tiny test models
+    return open_clip.create_model(name, force_context_length=context_length)
+  cfg = config_to_open_clip(get_model_config(name))   # tiny test models
+  if context_length:
+    cfg["text_cfg"]["context_length"] = context_length
+  return open_clip.model.CLIP(**cfg)
+
+
+def load_for_rows(model, state_dict: dict) -> None:
+  """Loads a full-length state dict into a model built for shorter rows: the text positional
+  embedding is cut to the model's length (the causal mask is a buffer built at that length)."""
+  length = model.positional_embedding.shape[0]
+  model.load_state_dict({k: v[:length] if k == "positional_embedding" else v
+                         for k, v in state_dict.items()})
 
 
 def torch_clic_loss(img, txt, scale, batch_size: int):
@@ -190,15 +224,14 @@ class _SeparateTextCalls:
 class JaxStep:
   """clic_jax's jitted train step (donated state) and its state, ready to call on a device batch."""
 
-  def __init__(self, name_or_module, params, kind: str, freeze_vision: bool = True,
-               separate_text_calls: bool = False, remat: bool = False):
+  def __init__(self, module, params, kind: str, freeze_vision: bool = True,
+               separate_text_calls: bool = False, **module_overrides):
+    """`module_overrides` change the CLIP module's options (remat=True, pooled_last_block=False)."""
     import jax
 
-    from clic_jax.models import build_model
     from clic_jax.train import optimizer as opt_lib
     from clic_jax.train import step as step_lib
-    module = build_model(name_or_module, remat=remat) if isinstance(name_or_module, str) \
-        else name_or_module
+    module = module.clone(**module_overrides) if module_overrides else module
     freeze = ("^visual/",) if freeze_vision else ()
     tx = opt_lib.make_optimizer(
         params, total_steps=1000, lr=OPTIM["lr"], lr_start=OPTIM["lr"], lr_end=OPTIM["lr"],
@@ -227,8 +260,9 @@ def _timed(fn, *args) -> tuple[float, object]:
 
 
 def measure_alternating(steps: dict, warmup: int, repeats: int, verbose: bool = False) -> dict:
-  """{name: zero-arg step} -> {name: {"median_s", "times_s", "first_loss"}}, rounds interleaved."""
-  results = {name: {"times_s": []} for name in steps}
+  """{name: zero-arg step} -> {name: {"median_s", "times_s", "first_loss", "minor_faults"}}, rounds
+  interleaved; "minor_faults" is the median count of page faults per timed step."""
+  results = {name: {"times_s": [], "faults": []} for name in steps}
   for name, fn in steps.items():
     for i in range(max(warmup, 1)):
       seconds, loss = _timed(fn)
@@ -237,11 +271,14 @@ def measure_alternating(steps: dict, warmup: int, repeats: int, verbose: bool = 
         results[name]["first_step_s"] = seconds
   for _ in range(repeats):
     for name, fn in steps.items():
+      faults = host_malloc.minor_faults()
       results[name]["times_s"].append(_timed(fn)[0])
+      results[name]["faults"].append(host_malloc.minor_faults() - faults)
       if verbose:
         print(f"  {name}: {results[name]['times_s'][-1]:.3f}s", flush=True)
   for r in results.values():
     r["median_s"] = statistics.median(r["times_s"])
+    r["minor_faults"] = int(statistics.median(r.pop("faults")))
   return results
 
 
@@ -254,21 +291,32 @@ def _setup_threads() -> int:
 
 def run(model: str = "ViT-B-32-quickgelu", batch_sizes=(8, 16), kinds=("clic", "clip"),
         warmup: int = 2, repeats: int = 5, ablations: bool = False, seed: int = 0,
-        verbose: bool = True, split_text_calls: bool | None = None) -> dict:
+        verbose: bool = True, split_text_calls: bool | None = None, equal_rows: bool = True,
+        malloc: str = "keep") -> dict:
   """Times clic_jax against PyTorch for each (kind, batch size); optional clic_jax-only ablations.
 
-  Ablations (CLIC step, first batch size, same measurement loop): the vision tower trained
-  instead of frozen, the five caption sets as five encode_text calls instead of one, and
-  rematerialized transformer blocks (`remat=True`). `split_text_calls` chooses whether the
-  compared clic_jax step encodes each caption set in its own call; None does what the trainer's
-  `model.text_calls="auto"` does: one batched call (fastest on CPU too since the CPU runs the
-  transformer blocks under lax.scan, see RESULTS.md).
+  `equal_rows` adds each framework on the other's token rows (module docstring). `malloc`: "keep"
+  runs everything inside host_malloc.kept_freed_memory(), "default" leaves glibc as it is.
+  Ablations (CLIC step, first batch size, same measurement loop, trainer rows): the vision tower
+  trained instead of frozen, the other text-call mode, rematerialized blocks, and the last block
+  run for every token (`pooled_last_block=False`). `split_text_calls` chooses whether the compared
+  clic_jax step encodes each caption set in its own call; None does what the trainer's
+  `model.text_calls="auto"` does: one batched call.
   """
+  if malloc not in ("keep", "default"):
+    raise ValueError(f"malloc must be 'keep' or 'default', got {malloc!r}")
+  with host_malloc.kept_freed_memory(malloc == "keep") as kept:
+    result = _run(model, batch_sizes, kinds, warmup, repeats, ablations, seed, verbose,
+                  bool(split_text_calls), equal_rows)
+  result.update(malloc=malloc, malloc_applied=kept)
+  return result
+
+
+def _run(model, batch_sizes, kinds, warmup, repeats, ablations, seed, verbose, split_text_calls,
+         equal_rows) -> dict:
   import jax
   import torch
 
-  if split_text_calls is None:      # the trainer's model.text_calls="auto": one batched call
-    split_text_calls = False
   import clic_jax
   cores = _setup_threads()
   reference = torch_model(model, seed)
@@ -281,35 +329,56 @@ def run(model: str = "ViT-B-32-quickgelu", batch_sizes=(8, 16), kinds=("clic", "
   for kind in kinds:
     for batch_size in batch_sizes:
       host = make_batch(cfg, batch_size, kind, seed)
-      device_batch = jax.device_put(host)
+      trimmed = trainer_rows(host["texts"])
+      device = {"trainer": jax.device_put(dict(host, texts=trimmed)),
+                "full": jax.device_put(host)}
       images_t = torch.from_numpy(np.ascontiguousarray(host["images"].transpose(0, 3, 1, 2)))
-      texts_t = torch.from_numpy(flat_texts(host["texts"]).astype(np.int64))
-      reference.load_state_dict(initial_torch_state)   # same start weights as the jax copy
+      texts_t = {"full": torch.from_numpy(flat_texts(host["texts"]).astype(np.int64)),
+                 "trainer": torch.from_numpy(flat_texts(trimmed).astype(np.int64))}
+      reference.load_state_dict(initial_torch_state)   # same start weights as the jax copies
       torch_step = TorchStep(reference, kind)
       jax_step = JaxStep(module, params, kind, separate_text_calls=split_text_calls)
-      steps = {"clic_jax": lambda: jax_step(device_batch),
-               "torch": lambda: torch_step(images_t, texts_t)}
+      steps = {"clic_jax": lambda: jax_step(device["trainer"]),
+               "torch": lambda: torch_step(images_t, texts_t["full"])}
+      if equal_rows:
+        jax_full = JaxStep(module, params, kind, separate_text_calls=split_text_calls)
+        short = torch_model(model, seed, context_length=trimmed.shape[-1])
+        load_for_rows(short, initial_torch_state)
+        torch_trimmed = TorchStep(short, kind)
+        steps.update(clic_jax_full_rows=lambda: jax_full(device["full"]),
+                     torch_trimmed_rows=lambda: torch_trimmed(images_t, texts_t["trainer"]))
       timings = measure_alternating(steps, warmup, repeats, verbose)
-      jax_s, torch_s = timings["clic_jax"]["median_s"], timings["torch"]["median_s"]
+      median = {name: t["median_s"] for name, t in timings.items()}
       jax_loss, torch_loss = timings["clic_jax"]["first_loss"], timings["torch"]["first_loss"]
       row = {"kind": kind, "batch_size": batch_size, "texts_per_step": batch_size *
-             texts_per_image(kind), "clic_jax_step_s": jax_s, "torch_step_s": torch_s,
-             "ratio_vs_torch": jax_s / torch_s, "clic_jax_first_loss": jax_loss,
-             "torch_first_loss": torch_loss,
-             "loss_rel_diff": abs(jax_loss - torch_loss) / max(abs(torch_loss), 1e-12),
-             "jax_compile_and_first_step_s": timings["clic_jax"]["first_step_s"],
-             "clic_jax_times_s": timings["clic_jax"]["times_s"],
-             "torch_times_s": timings["torch"]["times_s"]}
+             texts_per_image(kind), "text_length_full": host["texts"].shape[-1],
+             "text_length_trainer": trimmed.shape[-1],
+             "clic_jax_step_s": median["clic_jax"], "torch_step_s": median["torch"],
+             "ratio_vs_torch": median["clic_jax"] / median["torch"],
+             "clic_jax_first_loss": jax_loss, "torch_first_loss": torch_loss,
+             "loss_rel_diff": max(abs(t["first_loss"] - torch_loss) for t in timings.values())
+             / max(abs(torch_loss), 1e-12),
+             "jax_compile_and_first_step_s": timings["clic_jax"]["first_step_s"]}
+      for name, t in timings.items():
+        row[f"{name}_times_s"] = t["times_s"]
+        row[f"{name}_minor_faults_per_step"] = t["minor_faults"]
+      if equal_rows:
+        row.update(clic_jax_full_rows_step_s=median["clic_jax_full_rows"],
+                   torch_trimmed_rows_step_s=median["torch_trimmed_rows"],
+                   same_rows_full_ratio=median["clic_jax_full_rows"] / median["torch"],
+                   same_rows_trimmed_ratio=median["clic_jax"] / median["torch_trimmed_rows"])
+        del jax_full, torch_trimmed
       if ablations and kind == "clic" and batch_size == batch_sizes[0]:
-        row.update(_ablations(model, module, params, kind, device_batch, jax_step, warmup, repeats,
+        row.update(_ablations(module, params, kind, device["trainer"], jax_step, warmup, repeats,
                               split_text_calls, verbose))
       if verbose:
         print(f"[train_step] {kind} B={batch_size}: first-step loss clic_jax {jax_loss:.6f} "
-              f"torch {torch_loss:.6f}; step clic_jax {jax_s:.3f}s torch {torch_s:.3f}s "
-              f"(ratio {jax_s / torch_s:.2f})", flush=True)
+              f"torch {torch_loss:.6f}; step clic_jax {median['clic_jax']:.3f}s torch "
+              f"{median['torch']:.3f}s (ratio {row['ratio_vs_torch']:.2f})", flush=True)
       if row["loss_rel_diff"] > 1e-3:
-        raise AssertionError(f"{kind} B={batch_size}: clic_jax loss {jax_loss} != torch loss "
-                             f"{torch_loss}; the two steps do not compute the same thing")
+        raise AssertionError(f"{kind} B={batch_size}: first-step losses differ "
+                             f"({ {n: t['first_loss'] for n, t in timings.items()} }); the steps "
+                             "do not compute the same thing")
       rows.append(row)
       del jax_step, torch_step
 
@@ -320,6 +389,9 @@ def run(model: str = "ViT-B-32-quickgelu", batch_sizes=(8, 16), kinds=("clic", "
             "train_step_ratio_vs_torch": headline["ratio_vs_torch"],
             "headline": f"{headline['kind']} B={headline['batch_size']}", "rows": rows,
             "load_average_1min": os.getloadavg()[0]}
+  for key in ("same_rows_full_ratio", "same_rows_trimmed_ratio"):
+    if key in headline:
+      result[key] = headline[key]
   for kind in kinds:
     first = next((r for r in rows if r["kind"] == kind), None)
     if first is not None:
@@ -331,11 +403,11 @@ ABLATIONS = {   # name -> JaxStep keyword arguments (the baseline's other text-c
     "vision_trained": {"freeze_vision": False},
     "other_text_calls": {"separate_text_calls": None},
     "remat": {"remat": True},
+    "full_last_block": {"pooled_last_block": False},
 }
 
 
-def _ablations(model, module, params, kind, batch, baseline, warmup, repeats, split,
-               verbose) -> dict:
+def _ablations(module, params, kind, batch, baseline, warmup, repeats, split, verbose) -> dict:
   """Each variant timed alternately with the baseline step, one variant alive at a time (memory).
 
   Returns {"clic_jax_<name>_step_s", "clic_jax_<name>_vs_baseline"} per ablation.
@@ -345,9 +417,7 @@ def _ablations(model, module, params, kind, batch, baseline, warmup, repeats, sp
   for name, kwargs in ABLATIONS.items():
     kwargs = dict(kwargs)
     kwargs["separate_text_calls"] = (not split) if "separate_text_calls" in kwargs else split
-    variant = JaxStep(model if kwargs.get("remat") else module, params, kind,
-                      **{k: v for k, v in kwargs.items() if k != "remat"},
-                      remat=kwargs.get("remat", False))
+    variant = JaxStep(module, params, kind, **kwargs)
     timings = measure_alternating({"baseline": lambda: baseline(batch),
                                    name: lambda: variant(batch)}, warmup, repeats)
     out[f"clic_jax_{name}_step_s"] = timings[name]["median_s"]
@@ -361,15 +431,27 @@ def _ablations(model, module, params, kind, batch, baseline, warmup, repeats, sp
 
 
 def format_table(result: dict) -> str:
+  malloc = result.get("malloc", "default")
   lines = [f"train step: {result['model']} on {result['device']} ({result['cpu_count']} cores, "
-           f"torch threads {result['torch_threads']}), median of {result['repeats']}",
-           f"{'kind':<5} {'B':>4} {'texts':>6} {'clic_jax s':>11} {'torch s':>9} {'ratio':>6} "
-           f"{'loss jax':>10} {'loss torch':>10}"]
+           f"torch threads {result['torch_threads']}), median of {result['repeats']}, malloc "
+           f"{malloc}{' (not applied)' if malloc == 'keep' and not result.get('malloc_applied') else ''}",
+           "clic_jax: trainer rows (cut to a length bucket); torch: open_clip's 77-token rows; "
+           "ratio = clic_jax / torch",
+           f"{'kind':<5} {'B':>4} {'texts':>6} {'rows':>5} {'clic_jax s':>11} {'torch s':>9} "
+           f"{'ratio':>6} {'loss jax':>10} {'loss torch':>10}"]
   for r in result["rows"]:
     lines.append(f"{r['kind']:<5} {r['batch_size']:>4} {r['texts_per_step']:>6} "
-                 f"{r['clic_jax_step_s']:>11.3f} {r['torch_step_s']:>9.3f} "
-                 f"{r['ratio_vs_torch']:>6.2f} {r['clic_jax_first_loss']:>10.5f} "
-                 f"{r['torch_first_loss']:>10.5f}")
+                 f"{r['text_length_trainer']:>5} {r['clic_jax_step_s']:>11.3f} "
+                 f"{r['torch_step_s']:>9.3f} {r['ratio_vs_torch']:>6.2f} "
+                 f"{r['clic_jax_first_loss']:>10.5f} {r['torch_first_loss']:>10.5f}")
+    if "same_rows_full_ratio" in r:
+      lines.append(f"      same rows, {r['text_length_full']} tokens: clic_jax "
+                   f"{r['clic_jax_full_rows_step_s']:.3f} s vs torch {r['torch_step_s']:.3f} s "
+                   f"= {r['same_rows_full_ratio']:.2f}; {r['text_length_trainer']} tokens: "
+                   f"{r['clic_jax_step_s']:.3f} s vs torch {r['torch_trimmed_rows_step_s']:.3f} s "
+                   f"= {r['same_rows_trimmed_ratio']:.2f}")
+    lines.append(f"      page faults per step: clic_jax {r['clic_jax_minor_faults_per_step']}, "
+                 f"torch {r['torch_minor_faults_per_step']}")
     for name in ABLATIONS:
       if f"clic_jax_{name}_step_s" in r:
         lines.append(f"      clic_jax ablation {name:<16} {r[f'clic_jax_{name}_step_s']:>8.3f} s "
@@ -390,12 +472,18 @@ def main(argv=None) -> None:
   parser.add_argument("--text_calls", default="auto", choices=("auto", "batched", "separate"),
                       help="clic_jax's caption sets: as the trainer does (auto: one batched call), "
                            "one batched call, or one call per set")
+  parser.add_argument("--no_equal_rows", action="store_true",
+                      help="skip the equal-work steps (each framework on the other's rows)")
+  parser.add_argument("--malloc", default="keep", choices=("keep", "default"),
+                      help="keep: glibc keeps freed memory in the process (host_malloc); "
+                           "default: glibc as configured")
   parser.add_argument("--json", default=None)
   args = parser.parse_args(argv)
   result = run(args.model, tuple(int(b) for b in args.batch_sizes.split(",")),
                tuple(args.kinds.split(",")), args.warmup, args.repeats, args.ablations,
                split_text_calls=None if args.text_calls == "auto"
-               else args.text_calls == "separate")
+               else args.text_calls == "separate", equal_rows=not args.no_equal_rows,
+               malloc=args.malloc)
   print(format_table(result))
   if args.json:
     with open(args.json, "w") as f:

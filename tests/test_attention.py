@@ -1,4 +1,5 @@
-"""Model execution paths that must equal the plain one: padded cuDNN attention, scanned layers.
+"""Model execution paths that must equal the plain one: padded cuDNN attention, scanned layers,
+the pooled last block.
 
 cuDNN itself needs a GPU; here the same padding runs through XLA's attention and must give the
 unpadded result, forward and backward, with and without the causal mask.
@@ -56,3 +57,51 @@ def test_scanned_layers_equal_unrolled_layers():
   np.testing.assert_allclose(jax.grad(loss(remat))(params, x)["params"]["resblocks_1"]["mlp"]
                              ["c_fc"]["kernel"],
                              want[0]["params"]["resblocks_1"]["mlp"]["c_fc"]["kernel"], atol=1e-5)
+
+
+def _tiny_tokens(lengths, width):
+  tokens = np.zeros((len(lengths), width), np.int32)
+  for row, n in enumerate(lengths):        # start, ids, end-of-text at position n, zero padding
+    tokens[row, 0], tokens[row, 1:n], tokens[row, n] = 49406, np.arange(1, n) * 17, 49407
+  return tokens
+
+
+@pytest.mark.parametrize("scan", [True, False])
+@pytest.mark.parametrize("remat", [False, True])
+def test_pooled_last_block_equals_the_full_last_block(scan, remat):
+  """Both towers run their last block for the pooled token only (class token, end-of-text token).
+  Embeddings and every parameter's gradient equal those of the full last block (open_clip's way),
+  for captions whose end-of-text sits anywhere, the last position included."""
+  from clic_jax.models import get_model_config
+  cfg = get_model_config("tiny")
+  images = jax.random.normal(jax.random.key(0), (3, cfg.vision.image_size,
+                                                 cfg.vision.image_size, 3))
+  tokens = _tiny_tokens([3, 7, 11, 1], width=12)
+  pooled = clip.CLIP(cfg, scan_layers=scan, remat=remat)
+  full = clip.CLIP(cfg, scan_layers=scan, remat=remat, pooled_last_block=False)
+  params = pooled.init(jax.random.key(1), images, tokens)
+  assert jax.tree.structure(full.init(jax.random.key(1), images, tokens)) == \
+      jax.tree.structure(params)
+  for method, inputs in (("encode_image", images), ("encode_text", tokens)):
+    embed = lambda module, p: module.apply(p, inputs, method=method)
+    np.testing.assert_allclose(embed(pooled, params), embed(full, params), rtol=1e-5, atol=1e-6)
+    loss = lambda module: lambda p: jnp.sum(jnp.sin(embed(module, p)))
+    got, want = jax.grad(loss(pooled))(params), jax.grad(loss(full))(params)
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+      np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5 * float(np.max(np.abs(w))) + 1e-7)
+
+
+def test_one_query_attention_masks_later_keys():
+  """Guards the test above: the single-query path must apply the causal mask (a query that saw
+  the keys after it would differ), and without the mask it sees every key."""
+  x = jax.random.normal(jax.random.key(0), (2, 6, 16))
+  index = jnp.array([2, 5])
+  causal = clip.MultiHeadAttention(16, 2, True, 0.2, 0.2)
+  params = causal.init(jax.random.key(1), x)
+  full = causal.apply(params, x)
+  one = causal.apply(params, x, index)
+  np.testing.assert_allclose(one[:, 0], full[jnp.arange(2), index], atol=1e-6)
+  open_mask = clip.MultiHeadAttention(16, 2, False, 0.2, 0.2)
+  assert not np.allclose(open_mask.apply(params, x, index)[0, 0], one[0, 0], atol=1e-3)
+  np.testing.assert_allclose(open_mask.apply(params, x, index)[:, 0],
+                             open_mask.apply(params, x)[jnp.arange(2), index], atol=1e-6)
