@@ -4,10 +4,12 @@ No timing asserts: the numbers only have to exist and be finite and positive.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import json
 import math
+import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -57,34 +59,43 @@ def test_train_step_benchmark_tiny():
   assert "train step" in train_step.format_table(result)
 
 
-def _faults_of_a_fresh_block(libc, size: int) -> int:
-  """Page faults of writing a newly malloc'd block, after a written block of the same size was
-  freed (one training step's temporaries, then the next step's)."""
-  from benchmarks import host_malloc
-  block = libc.malloc(size)
-  ctypes.memset(block, 1, size)
+_REUSE_PROBE = """
+import ctypes, ctypes.util, json
+from benchmarks import host_malloc
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
+libc.free.argtypes = (ctypes.c_void_p,)
+SIZE = 64 << 20
+
+def faults_of_a_fresh_block():   # one step's temporaries written and freed, then the next step's
+  block = libc.malloc(SIZE)
+  ctypes.memset(block, 1, SIZE)
   libc.free(block)
-  block = libc.malloc(size)
+  block = libc.malloc(SIZE)
   before = host_malloc.minor_faults()
-  ctypes.memset(block, 1, size)
+  ctypes.memset(block, 1, SIZE)
   faults = host_malloc.minor_faults() - before
   libc.free(block)
   return faults
 
+default = faults_of_a_fresh_block()              # glibc as the process started
+with host_malloc.kept_freed_memory() as kept:
+  reused = faults_of_a_fresh_block()
+print(json.dumps({"default": default, "kept": kept, "reused": reused, "pages": SIZE // 4096}))
+"""
+
 
 def test_kept_freed_memory_reuses_a_freed_block():
   """The XLA:CPU case in small: a 64 MiB block freed and allocated again. glibc's defaults map it
-  afresh (a fault per 4 KiB page on first write); inside kept_freed_memory() it is reused."""
-  from benchmarks import host_malloc
-  libc = ctypes.CDLL(ctypes.util.find_library("c"))
-  libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, (ctypes.c_size_t,)
-  libc.free.argtypes = (ctypes.c_void_p,)
-  size = 64 << 20
-  with host_malloc.kept_freed_memory() as kept:
-    assert kept
-    reused = _faults_of_a_fresh_block(libc, size)
-  fresh = _faults_of_a_fresh_block(libc, size)       # glibc's defaults are back
-  assert reused < 100 and fresh > 0.5 * size / 4096, (reused, fresh)
+  afresh (a fault per 4 KiB page on first write); inside kept_freed_memory() it is reused. A fresh
+  process, so no earlier mallopt call or heap state of the test session decides the outcome."""
+  root = pathlib.Path(__file__).resolve().parent.parent
+  out = subprocess.run([sys.executable, "-c", _REUSE_PROBE], cwd=root, check=True, text=True,
+                       capture_output=True,
+                       env=dict(os.environ, PYTHONPATH=str(root))).stdout
+  probe = json.loads(out.strip().splitlines()[-1])
+  assert probe["kept"]
+  assert probe["default"] > 0.5 * probe["pages"] and probe["reused"] < 100, probe
 
 
 def test_accelerator_benchmark_tiny_cpu(tmp_path):
