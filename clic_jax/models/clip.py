@@ -70,6 +70,11 @@ def attention(q, k, v, causal: bool, implementation: str | None = None, pad_to: 
   return out[:, :t]
 
 
+def _rows_at(x, index):
+  """x (B, T, ...) -> (B, 1, ...): row index[b] of each sequence b."""
+  return jnp.take_along_axis(x, index.reshape((-1, 1) + (1,) * (x.ndim - 2)), axis=1)
+
+
 # cuDNN's fused attention wants even lengths for training; 8 keeps the padded tiles aligned.
 CUDNN_SEQ_MULTIPLE = 8
 
@@ -86,7 +91,10 @@ class MultiHeadAttention(nn.Module):
 
   @nn.compact
   def __call__(self, x, query_index=None):
-    """x (B, T, W) -> (B, T, W); with `query_index` (B,) only those queries: (B, 1, W)."""
+    """x (B, T, W) -> (B, T, W); with `query_index` (B,) only those queries: (B, 1, W).
+
+    Initialization always runs the full path (it creates the parameters the one-query path reads).
+    """
     if query_index is not None and not self.is_initializing():
       return self._one_query(x, query_index)
     b, t, _ = x.shape
@@ -96,9 +104,9 @@ class MultiHeadAttention(nn.Module):
     q, k, v = jnp.split(qkv.reshape(b, t, 3, self.heads, head_dim), 3, axis=2)
     out = attention(q[:, :, 0], k[:, :, 0], v[:, :, 0], self.causal, self.attention_impl,
                     CUDNN_SEQ_MULTIPLE if self.attention_impl == "cudnn" else 1)
-    out = out.reshape(b, t, self.width)
-    return nn.Dense(self.width, dtype=self.dtype, kernel_init=_normal(self.out_std),
-                    name="out_proj")(out)
+    out = nn.Dense(self.width, dtype=self.dtype, kernel_init=_normal(self.out_std),
+                   name="out_proj")(out.reshape(b, t, self.width))
+    return out if query_index is None else _rows_at(out, query_index)
 
   def _one_query(self, x, query_index):
     """Attention output at one position per sequence: keys and values of every token, the query
@@ -110,8 +118,7 @@ class MultiHeadAttention(nn.Module):
     x = x.astype(self.dtype)
     kernel, bias = p["in_proj"]["kernel"], p["in_proj"]["bias"]
     kv = (x @ kernel[:, w:] + bias[w:]).reshape(b, t, 2, self.heads, head_dim)
-    x_q = jnp.take_along_axis(x, query_index[:, None, None], axis=1)[:, 0]
-    q = (x_q @ kernel[:, :w] + bias[:w]).reshape(b, self.heads, head_dim)
+    q = (_rows_at(x, query_index)[:, 0] @ kernel[:, :w] + bias[:w]).reshape(b, self.heads, head_dim)
     logits = jnp.einsum("bhd,bthd->bht", q, kv[:, :, 0]).astype(jnp.float32) / math.sqrt(head_dim)
     if self.causal:      # the query at position i sees keys 0..i
       visible = jnp.arange(t)[None, None, :] <= query_index[:, None, None]
@@ -158,8 +165,8 @@ class ResidualAttentionBlock(nn.Module):
     mlp = Mlp(self.width, int(self.width * self.mlp_ratio), self.quick_gelu, fc_std, proj_std,
               self.dtype, name="mlp")
     attended = attn(LayerNorm(self.dtype, name="ln_1")(x), query_index)
-    if attended.shape[1] != x.shape[1]:    # one query per sequence: keep its residual row only
-      x = jnp.take_along_axis(x, query_index[:, None, None], axis=1)
+    if query_index is not None:            # one query per sequence: keep its residual row only
+      x = _rows_at(x, query_index)
     x = x + attended
     x = x + mlp(LayerNorm(self.dtype, name="ln_2")(x))
     return x
@@ -182,6 +189,9 @@ class Transformer(nn.Module):
   # benchmarks/RESULTS.md); a loop iteration is a fusion boundary. The parameters keep open_clip's
   # per-block layout (resblocks_0, ...) either way: they are stacked for the scan at apply time.
   scan_layers: bool | None = None
+  # With a query_index, run the last block for that position only (False: for every token, then
+  # pick the position, as open_clip does; kept for comparison).
+  pooled_last_block: bool = True
 
   @nn.compact
   def __call__(self, x, query_index=None):
@@ -194,21 +204,19 @@ class Transformer(nn.Module):
     (tests/test_attention.py), and about 5/6 of one block's FLOPs fewer (7% of a 12-block tower),
     forward and backward.
     """
+    last_index = query_index if self.pooled_last_block else None   # the last block's queries
     scan = jax.default_backend() == "cpu" if self.scan_layers is None else self.scan_layers
-    initializing = self.is_initializing()
-    if scan and not initializing:
-      return self._scanned(x, query_index)
-    block = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
-    for i in range(self.layers):
-      last = i == self.layers - 1 and query_index is not None and not initializing
-      x = block(self.width, self.heads, self.mlp_ratio, self.layers, self.causal, self.quick_gelu,
-                self.dtype, self.attention_impl, name=f"resblocks_{i}")(
-                    x, query_index if last else None)
+    if scan and not self.is_initializing():
+      x = self._scanned(x, last_index)
+    else:
+      block = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
+      for i in range(self.layers):
+        x = block(self.width, self.heads, self.mlp_ratio, self.layers, self.causal,
+                  self.quick_gelu, self.dtype, self.attention_impl, name=f"resblocks_{i}")(
+                      x, last_index if i == self.layers - 1 else None)
     if query_index is None:
       return x
-    if initializing:
-      return jnp.take_along_axis(x, query_index[:, None, None], axis=1)[:, 0]
-    return x[:, 0]
+    return (x if last_index is not None else _rows_at(x, query_index))[:, 0]
 
   def _scanned(self, x, query_index):
     params = self.variables["params"]
@@ -231,7 +239,7 @@ class Transformer(nn.Module):
     last = lambda p, x, i: template.apply({"params": p}, x, i)
     if self.remat:
       last = jax.checkpoint(last)
-    return last(params[f"resblocks_{self.layers - 1}"], x, query_index)[:, 0]
+    return last(params[f"resblocks_{self.layers - 1}"], x, query_index)   # (B, 1, W)
 
 
 class VisionTransformer(nn.Module):
@@ -259,13 +267,9 @@ class VisionTransformer(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, c.width)), x], axis=1)
     x = x + pos.astype(self.dtype)
     x = LayerNorm(self.dtype, name="ln_pre")(x)
-    transformer = Transformer(c.width, c.layers, c.heads, c.mlp_ratio, False, self.quick_gelu,
-                              self.dtype, self.remat, self.attention_impl, self.scan_layers,
-                              name="transformer")
-    if self.pooled_last_block:
-      x = transformer(x, jnp.zeros((b,), jnp.int32))      # the class token's output only: (B, W)
-    else:
-      x = transformer(x)[:, 0]
+    x = Transformer(c.width, c.layers, c.heads, c.mlp_ratio, False, self.quick_gelu, self.dtype,
+                    self.remat, self.attention_impl, self.scan_layers, self.pooled_last_block,
+                    name="transformer")(x, jnp.zeros((b,), jnp.int32))   # the class token: (B, W)
     pooled = LayerNorm(jnp.float32, name="ln_post")(x)   # per token: ln of [0] == [0] of ln
     proj = self.param("proj", _normal(scale), (c.width, self.output_dim), jnp.float32)
     return pooled @ proj
@@ -293,7 +297,7 @@ class CLIP(nn.Module):
                                            (c.context_length, c.width), jnp.float32)
     self.transformer = Transformer(c.width, c.layers, c.heads, c.mlp_ratio, True,
                                    self.cfg.quick_gelu, self.dtype, self.remat, self.attention_impl,
-                                   self.scan_layers)
+                                   self.scan_layers, self.pooled_last_block)
     self.ln_final = LayerNorm(jnp.float32)
     self.text_projection = self.param("text_projection", _normal(c.width ** -0.5),
                                       (c.width, self.cfg.embed_dim), jnp.float32)
@@ -309,13 +313,8 @@ class CLIP(nn.Module):
     tokens = jnp.asarray(tokens)
     x = self.token_embedding(tokens)
     x = x + self.positional_embedding[: tokens.shape[1]].astype(self.dtype)
-    # Pool at the end-of-text token, which has the largest id in CLIP's vocabulary; the last block
-    # runs for that token only (the output at the other positions is never used).
-    eot = jnp.argmax(tokens, axis=-1)
-    if self.pooled_last_block:
-      pooled = self.transformer(x, eot)                                      # (N, W)
-    else:
-      pooled = jnp.take_along_axis(self.transformer(x), eot[:, None, None], axis=1)[:, 0]
+    # Pool at the end-of-text token, which has the largest id in CLIP's vocabulary.
+    pooled = self.transformer(x, jnp.argmax(tokens, axis=-1))                # (N, W)
     return self.ln_final(pooled) @ self.text_projection
 
   def __call__(self, images, tokens):

@@ -5,6 +5,7 @@ steps -> checkpoint/resume -> loop (log, evaluate, checkpoint, preemption) -> ex
 """
 from __future__ import annotations
 
+import collections
 import logging
 import signal
 from pathlib import Path
@@ -345,7 +346,7 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
                                      tensorboard=config.get("tensorboard", True))
   progress = metrics_lib.Progress(total_steps * micro, step)
   pending: list[tuple[int, str, dict]] = []
-  pipeline_counts: dict[str, int] = {}
+  pipeline_counts: collections.Counter[str] = collections.Counter()
   last: dict[str, float] = {}
   preempted = False
 
@@ -370,14 +371,14 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
       host_batch = next(data_iter)
       kind = host_batch["kind"]
       for key, value in host_batch.get("stats", {}).items():
-        pipeline_counts[key] = pipeline_counts.get(key, 0) + int(np.sum(value))
+        pipeline_counts[key] += int(np.sum(value))
       texts = host_batch["texts"]
       if buckets:   # exact: padding columns after the longest caption (one compile per length)
         own = pipeline_lib.text_length_for(texts, buckets)
         length = agreed_text_length(own)
         texts = texts[..., :length]
-        for key, add in ((f"text_length_{length}", 1), ("text_length_raised", int(length > own))):
-          pipeline_counts[key] = pipeline_counts.get(key, 0) + add
+        pipeline_counts[f"text_length_{length}"] += 1
+        pipeline_counts["text_length_raised"] += int(length > own)   # agreed above this host's
       device_batch = mesh_lib.global_batch(mesh, {"images": host_batch["images"], "texts": texts})
       on_device_norm = host_batch["image_norm"] if host_batch["images"].dtype == np.uint8 else None
       state, metrics = step_fn(kind, on_device_norm)(state, device_batch)
@@ -413,7 +414,7 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
   if hasattr(data_iter, "close"):
     data_iter.close()
   summary = {"step": step, "total_steps": total_steps * micro, "preempted": preempted,
-             "metrics": last, "pipeline": pipeline_counts}
+             "metrics": last, "pipeline": dict(pipeline_counts)}
   if not preempted and config.get("export_open_clip", True) and is_primary:
     from clic_jax.interop import export_open_clip
     summary["export"] = str(export_open_clip(cfg, jax.device_get(state.params),
