@@ -26,6 +26,11 @@ def main() -> None:
   for flag in ("csv", "image_root", "workdir"):
     parser.add_argument(f"--{flag}", required=True)
   parser.add_argument("--buckets", default="")
+  parser.add_argument("--fsdp", type=int, default=1)
+  parser.add_argument("--sugarcrepe_dir", default="", help="evaluate SugarCrepe at the last step")
+  parser.add_argument("--coco_dir", default="")
+  parser.add_argument("--export", action="store_true", help="export open_clip weights at the end")
+  parser.add_argument("--sigterm_at_step", type=int, default=0, help="preempt every host there")
   args = parser.parse_args()
 
   import jax
@@ -39,6 +44,12 @@ def main() -> None:
   config.total_steps = args.steps
   config.checkpoint_every_steps = args.steps
   config.data.text_length_buckets = args.buckets
+  config.mesh.fsdp = args.fsdp
+  config.export_open_clip = args.export
+  config.debug_sigterm_at_step = args.sigterm_at_step
+  if args.sugarcrepe_dir:
+    config.evals = {"sugarcrepe": {"data_dir": args.sugarcrepe_dir, "coco_dir": args.coco_dir}}
+    config.eval_every_steps, config.eval_batch_size = args.steps, 16
   summary = trainer.train(config, args.workdir)
   summary["process_index"], summary["process_count"] = jax.process_index(), jax.process_count()
   summary["device_count"] = jax.device_count()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 
 import numpy as np
 import open_clip
@@ -21,6 +22,8 @@ from clic_jax.evaluate import (Embedder, EvalDataError, evaluate, retrieval, sug
                                sugarcrepe_pp, winoground, zeroshot)
 from clic_jax.interop import export_open_clip
 from clic_jax.models import config_to_open_clip, create_model, get_model_config
+
+from hf_cache import fake_hf_cache  # noqa: E402
 
 OPEN_CLIP_NAME = "clic-test-tiny"
 WORDS = ("dog cat red blue small large horse table bench tree car boat man woman child ball "
@@ -391,6 +394,49 @@ def test_winoground_malformed_lines_and_unreadable_images(setup, tmp_path):
                             "missing_image": 1}
   with pytest.raises(EvalDataError, match="line 2"):
     winoground.run(embedder, str(tmp_path), on_missing="error")
+
+
+def test_winoground_from_the_hugging_face_cache_equals_the_local_folder(setup, tmp_path,
+                                                                        monkeypatch):
+  """No folder given: the real huggingface_hub download (offline, from a cache laid out as the hub
+  writes it) of the public files, examples.jsonl and images.zip, unzipped once, same scores."""
+  import zipfile
+
+  import huggingface_hub.constants
+  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+  paths, embedder, _ = setup
+  local = winoground.run(embedder, paths["winoground"])
+
+  def write_zip(path):
+    with zipfile.ZipFile(path, "w") as z:
+      for name in sorted(os.listdir(os.path.join(paths["winoground"], "images"))):
+        z.write(os.path.join(paths["winoground"], "images", name), f"images/{name}")
+
+  snapshot = fake_hf_cache(tmp_path, winoground.HF_REPO, {
+      "data/examples.jsonl": lambda p: shutil.copy(
+          os.path.join(paths["winoground"], "examples.jsonl"), p),
+      "data/images.zip": write_zip}, repo_type="dataset")
+  from_hub = winoground.run(embedder, None, cache_dir=str(tmp_path))
+  assert from_hub == local and from_hub["num_examples"] == 16
+  assert len(os.listdir(snapshot / "data" / "images")) == 32
+  assert not [p for p in os.listdir(snapshot / "data") if p.startswith(".images-")]  # no staging
+  # A second run reuses the unpacked images (the archive is no longer read).
+  (snapshot / "data" / "images.zip").write_bytes(b"not a zip any more")
+  assert winoground.run(embedder, None, cache_dir=str(tmp_path)) == local
+
+
+def test_winoground_hub_errors_say_what_to_do(setup, tmp_path, monkeypatch):
+  import huggingface_hub.constants
+  monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+  _, embedder, _ = setup
+  with pytest.raises(EvalDataError, match="gated.*--winoground_dir"):
+    winoground.run(embedder, None, cache_dir=str(tmp_path / "empty"))     # nothing cached
+  snapshot = fake_hf_cache(tmp_path, winoground.HF_REPO, {
+      "data/examples.jsonl": lambda p: p.write_text("{}\n"),
+      "data/images.zip": lambda p: p.write_bytes(b"truncated download")}, repo_type="dataset")
+  with pytest.raises(EvalDataError, match="not a readable zip"):
+    winoground.run(embedder, None, cache_dir=str(tmp_path))
+  assert not (snapshot / "data" / "images").exists()      # a failed unzip leaves no images/
 
 
 def test_missing_benchmark_folder_is_one_clear_error(setup, tmp_path):

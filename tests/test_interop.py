@@ -17,6 +17,8 @@ from clic_jax import interop
 from clic_jax.interop import hub
 from clic_jax.models import config_to_open_clip, get_model_config
 
+from hf_cache import fake_hf_cache  # noqa: E402
+
 torch.set_num_threads(2)
 REL_TOL = 1e-4
 CAPTIONS = ["a dog.", "A red cube left of a blue ball", "", "two cats & a mouse on the sofa!!",
@@ -167,25 +169,13 @@ def test_sources(tmp_path, fmt):
   assert relative_error(j_img, t_img) < REL_TOL and relative_error(j_txt, t_txt) < REL_TOL
 
 
-def _fake_hf_cache(cache, repo_id, files):
-  """Lays files out exactly as huggingface_hub's cache does, so the real download code finds them."""
-  commit = "0123456789abcdef0123456789abcdef01234567"
-  repo = cache / ("models--" + repo_id.replace("/", "--"))
-  (repo / "refs").mkdir(parents=True)
-  (repo / "refs" / "main").write_text(commit)
-  snap = repo / "snapshots" / commit
-  snap.mkdir(parents=True)
-  for name, writer in files.items():
-    writer(snap / name)
-
-
 def test_hf_hub_name_uses_real_download_code(tmp_path, monkeypatch):
   import huggingface_hub.constants
   monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
   tmodel, sd = _tiny_state_dict(seed=2)
   cfg = {"model_cfg": config_to_open_clip(get_model_config("tiny")), "preprocess_cfg": {}}
   from safetensors.torch import save_file
-  _fake_hf_cache(tmp_path, "someone/tiny-clic", {
+  fake_hf_cache(tmp_path, "someone/tiny-clic", {
       "open_clip_config.json": lambda p: p.write_text(json.dumps(cfg)),
       "open_clip_model.safetensors": lambda p: save_file(
           {k: v.contiguous() for k, v in sd.items() if k != "attn_mask"}, str(p))})

@@ -41,8 +41,9 @@ _SUGARCREPE_PP_DIR = flags.DEFINE_string(
     "sugarcrepe_pp_dir", None, "Folder with SugarCrepe++'s replace_obj.json ... swap_att.json.")
 _COCO_DIR = flags.DEFINE_string("coco_dir", None, "Folder holding the COCO val2017 images "
                                 "(SugarCrepe++ runs text-only without it).")
-_WINOGROUND_DIR = flags.DEFINE_string("winoground_dir", None,
-                                      "Folder with Winoground's examples.jsonl and images/.")
+_WINOGROUND_DIR = flags.DEFINE_string(
+    "winoground_dir", None, "Folder with Winoground's examples.jsonl and images/. Unset with "
+    "--benchmarks=winoground: the gated facebook/winoground files through huggingface_hub.")
 _IMAGENET_DIR = flags.DEFINE_string(
     "imagenet_dir", None, "ImageNet: an image folder (val/ or class folders in sorted wnid "
     "order) or a TFDS data_dir holding imagenet2012.")

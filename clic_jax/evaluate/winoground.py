@@ -3,8 +3,9 @@
 Public layout (huggingface.co/datasets/facebook/winoground, data/): `examples.jsonl`, one object per
 line with "id", "caption_0", "caption_1", "image_0", "image_1" (image names without extension), and
 `images.zip`, which unpacks to `images/<name>.png`. `--winoground_dir` is the folder holding
-examples.jsonl and images/ (or its parent holding data/). When no such folder is given and the
-Hugging Face `datasets` package is installed, the `facebook/winoground` test split is used instead.
+examples.jsonl and images/ (or its parent holding data/). When no folder is given, those two files
+are fetched from that (gated) repository through huggingface_hub, whose cache, HF_TOKEN and
+HF_HUB_OFFLINE apply, and the images are unzipped once beside examples.jsonl in the cache.
 
 With s(c, i) the cosine of caption c and image i (E5):
 text score: s(c0,i0) > s(c1,i0) and s(c1,i1) > s(c0,i1); image score: s(c0,i0) > s(c0,i1) and
@@ -14,6 +15,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
+import zipfile
 from typing import Any
 
 import numpy as np
@@ -22,6 +26,8 @@ from clic_jax.evaluate.embed import (Embedder, EvalDataError, SkipCounter, embed
                                      embed_unique_texts)
 
 FIELDS = ("caption_0", "caption_1", "image_0", "image_1")
+HF_REPO = "facebook/winoground"
+HF_FILES = ("data/examples.jsonl", "data/images.zip")
 
 
 def find_root(winoground_dir: str) -> str:
@@ -76,34 +82,61 @@ def _score_embeddings(cap0, cap1, img0, img1) -> dict[str, float]:
   return scores(dot(cap0, img0), dot(cap0, img1), dot(cap1, img0), dot(cap1, img1))
 
 
-def run_hf(embedder: Embedder, on_missing: str = "skip") -> dict[str, Any]:
-  """The Hugging Face copy (needs `datasets`, access to the gated repo or a local cache)."""
-  import datasets
-  ds = datasets.load_dataset("facebook/winoground", split="test")
-  examples = list(ds)
-  captions = [e["caption_0"] for e in examples] + [e["caption_1"] for e in examples]
-  text = embedder.embed_texts(captions)
-  images = [e["image_0"] for e in examples] + [e["image_1"] for e in examples]
-  img, failures = embedder.embed_images(images, lambda im: im.convert("RGB"))
-  if failures:
-    raise EvalDataError(f"winoground: {len(failures)} Hugging Face images failed to decode")
-  n = len(examples)
-  result: dict[str, Any] = _score_embeddings(text[:n], text[n:], img[:n], img[n:])
-  result["num_examples"] = n
-  result["skipped"] = {}
-  return result
+def download(cache_dir: str | None = None) -> str:
+  """The Hugging Face copy as a folder `load` reads: examples.jsonl beside the unzipped images/."""
+  try:
+    from huggingface_hub import hf_hub_download
+    examples, archive = (hf_hub_download(HF_REPO, name, repo_type="dataset", cache_dir=cache_dir)
+                         for name in HF_FILES)
+  except Exception as e:                           # noqa: BLE001 - one message for every cause
+    raise EvalDataError(
+        f"winoground: could not get {' and '.join(HF_FILES)} from huggingface.co/datasets/"
+        f"{HF_REPO} ({type(e).__name__}: {e}). The repository is gated: accept its terms on that "
+        "page and log in (`huggingface-cli login` or HF_TOKEN), or pass data_dir / "
+        "--winoground_dir to a local copy.") from e
+  root = os.path.dirname(examples)
+  unzip_images_once(archive, os.path.join(root, "images"))
+  return root
 
 
-def run(embedder: Embedder, data_dir: str | None = None, on_missing: str = "skip"
-        ) -> dict[str, Any]:
-  """{"text", "image", "group"} scores as fractions, the example count and skips by reason."""
+def unzip_images_once(archive: str, images_dir: str) -> None:
+  """Unpacks the images (entries `images/<name>.png` or bare `<name>.png`) into images_dir.
+
+  Unpacked into a temporary folder and renamed into place, so that an interrupted unzip is never
+  taken for a complete one.
+  """
+  if os.path.isdir(images_dir):
+    return
+  parent = os.path.dirname(images_dir)
+  staging = tempfile.mkdtemp(prefix=".images-", dir=parent)
+  try:
+    with zipfile.ZipFile(archive) as z:
+      for info in z.infolist():
+        name = info.filename.removeprefix("images/")
+        if info.is_dir() or not name:
+          continue
+        if os.path.isabs(name) or ".." in name.split("/"):
+          raise EvalDataError(f"winoground: {archive} holds an unsafe path {info.filename!r}")
+        target = os.path.join(staging, name)
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        with z.open(info) as src, open(target, "wb") as dst:
+          shutil.copyfileobj(src, dst)
+    os.replace(staging, images_dir)
+  except zipfile.BadZipFile as e:
+    raise EvalDataError(f"winoground: {archive} is not a readable zip ({e}); delete it from the "
+                        "Hugging Face cache to download it again.") from e
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+def run(embedder: Embedder, data_dir: str | None = None, on_missing: str = "skip",
+        cache_dir: str | None = None) -> dict[str, Any]:
+  """{"text", "image", "group"} scores as fractions, the example count and skips by reason.
+
+  Without data_dir, the Hugging Face copy (see `download`; cache_dir is huggingface_hub's).
+  """
   if data_dir is None:
-    try:
-      import datasets  # noqa: F401
-    except ImportError:
-      raise EvalDataError("winoground: pass --winoground_dir (examples.jsonl + images/), or "
-                          "install `datasets` to use the Hugging Face copy") from None
-    return run_hf(embedder, on_missing)
+    data_dir = download(cache_dir)
   skips = SkipCounter("winoground", on_missing)
   examples = load(data_dir, skips)
   images, image_row, failed = embed_unique_files(

@@ -99,9 +99,17 @@ def load_params_for_eval(workdir, step: int | None = None) -> tuple[ClipConfig, 
   directory = _workdir(workdir) / "checkpoints"
   if not directory.is_dir():
     raise FileNotFoundError(f"{workdir} has no checkpoints/ folder: nothing to load.")
-  with ocp.CheckpointManager(directory) as manager:
+  with ocp.CheckpointManager(directory,
+                             item_handlers={"params": ocp.StandardCheckpointHandler()}) as manager:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {directory}.")
-    restored = manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
+    # Restore onto this process's first device, whatever mesh wrote it: orbax would otherwise
+    # rebuild the saved shardings and refuse a checkpoint from a pod or a multi-GPU node here
+    # ("Topology mismatch"). Shapes and dtypes come from the checkpoint's own metadata.
+    on_host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=on_host),
+                            manager.item_metadata(step)["params"])
+    restored = manager.restore(
+        step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
   return cfg, jax.device_get(restored["params"])

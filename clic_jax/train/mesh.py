@@ -55,3 +55,18 @@ def global_batch(mesh: Mesh, host_batch: dict) -> dict:
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in host_batch.items()}
+
+
+def gather_to_host(tree):
+  """Whole numpy arrays of a (possibly sharded) tree on this host, for evaluation and export.
+
+  On one host, or where every array is replicated, each host already holds whole arrays and
+  this is a device_get. With FSDP over several hosts each host holds only its slices, which
+  no device_get can fetch: the hosts all-gather them instead, so every process must call this
+  at the same point (it is a collective), even the ones that then discard the result.
+  """
+  leaves = jax.tree.leaves(tree)
+  if all(x.is_fully_addressable or x.is_fully_replicated for x in leaves):
+    return jax.device_get(tree)
+  from jax.experimental import multihost_utils
+  return multihost_utils.process_allgather(tree, tiled=True)

@@ -415,17 +415,22 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
     data_iter.close()
   summary = {"step": step, "total_steps": total_steps * micro, "preempted": preempted,
              "metrics": last, "pipeline": dict(pipeline_counts)}
-  if not preempted and config.get("export_open_clip", True) and is_primary:
-    from clic_jax.interop import export_open_clip
-    summary["export"] = str(export_open_clip(cfg, jax.device_get(state.params),
-                                             metrics_dir(workdir) / "open_clip"))
+  if not preempted and config.get("export_open_clip", True):
+    params = mesh_lib.gather_to_host(state.params)     # a collective: every host takes part
+    if is_primary:
+      from clic_jax.interop import export_open_clip
+      summary["export"] = str(export_open_clip(cfg, params, metrics_dir(workdir) / "open_clip"))
   return summary
 
 
 def run_evals(config, cfg: models.ClipConfig, params) -> dict[str, float]:
-  """The configured benchmarks on the current params, in float32, as flat 'eval/...' metrics."""
+  """The configured benchmarks on the current params, in float32, as flat 'eval/...' metrics.
+
+  Every host gathers the whole params and runs the whole evaluation on its own devices (no
+  collectives inside), so all hosts log the same numbers; process 0 writes them.
+  """
   from clic_jax import evaluate
-  results = evaluate.evaluate(models.build_model(cfg), jax.device_get(params),
+  results = evaluate.evaluate(models.build_model(cfg), mesh_lib.gather_to_host(params),
                               benchmarks={k: dict(v) for k, v in config.evals.items()},
                               batch_size=config.get("eval_batch_size", 256))
   flat = {}
