@@ -132,7 +132,11 @@ def test_bad_configs_fail_before_compiling(tmp_path, caption_dataset):
            ({"init_from": str(tmp_path / "nope" / "w.safetensors")}, "init_from"),
            ({"mesh.fsdp": 3}, "fsdp"),
            ({"data.mode": "weird"}, "data.mode"),
-           ({"model.attention_impl": "flash"}, "attention_impl")]
+           ({"model.attention_impl": "flash"}, "attention_impl"),
+           ({"evals": {"sugarcrep": {}}}, "Unknown benchmark 'sugarcrep'"),
+           ({"evals": {"sugarcrepe": {"data_dir": str(tmp_path)}}}, "coco_dir"),
+           ({"evals": {"retrieval/coco": {"annotation_file": str(tmp_path / "karpathy.json"),
+                                          "image_root": str(tmp_path)}}}, "does not exist")]
   for overrides, message in cases:
     with pytest.raises(trainer.ConfigError, match=message):
       trainer.train(tiny_config(csv_path, images, **overrides), tmp_path / "bad")
@@ -181,17 +185,23 @@ def test_uint8_images_normalized_on_device_match_host_normalization():
   assert np.isclose(float(m_host["loss"]), float(m_dev["loss"]), rtol=1e-6)
 
 
-def test_evaluation_runs_on_the_configured_schedule(tmp_path):
+def test_evaluation_runs_on_the_configured_schedule_and_a_failing_one_is_reported(tmp_path):
   from clic_jax.data.toyworld import generate_world
   world = generate_world(str(tmp_path / "world"), num_train=48, num_test=16, seed=1, image_size=32)
   config = tiny_config(world["train_csv"], world["image_root"], total_steps=4, eval_every_steps=2,
                        eval_batch_size=16)
+  # Winoground's folder exists when the run starts (the config check passes) but holds no data:
+  # that benchmark fails at each evaluation, is reported, and neither SugarCrepe nor training stop.
+  (tmp_path / "winoground_not_yet_unzipped").mkdir()
   config.evals = {"sugarcrepe": {"data_dir": world["sugarcrepe_dir"],
-                                 "coco_dir": world["coco_dir"]}}
-  trainer.train(config, tmp_path / "run")
+                                 "coco_dir": world["coco_dir"]},
+                  "winoground": {"data_dir": str(tmp_path / "winoground_not_yet_unzipped")}}
+  summary = trainer.train(config, tmp_path / "run")
+  assert summary["step"] == 4 and (tmp_path / "run" / "checkpoints" / "4").is_dir()
   evals = [r for r in read_metrics(tmp_path / "run") if "eval/sugarcrepe/swap_att" in r]
   assert [r["step"] for r in evals] == [2, 4]
   assert all(0.0 <= r["eval/sugarcrepe/swap_att"] <= 1.0 for r in evals)
+  assert all(r["eval/winoground/failed"] == 1 for r in evals)
 
 
 def test_separate_text_calls_give_the_same_step():

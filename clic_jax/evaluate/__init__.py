@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from clic_jax.evaluate.embed import Embedder, EvalDataError, SkipCounter
-from clic_jax.evaluate.registry import BENCHMARKS, runner_for
+from clic_jax.evaluate.registry import BENCHMARKS, check_arguments, runner_for
 
 _META_KEYS = ("num_examples", "num_images", "num_captions", "skipped")
 
@@ -68,5 +68,5 @@ def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
   return "\n".join(lines)
 
 
-__all__ = ["BENCHMARKS", "Embedder", "EvalDataError", "SkipCounter", "evaluate", "flatten_metrics",
-           "format_table", "runner_for"]
+__all__ = ["BENCHMARKS", "Embedder", "EvalDataError", "SkipCounter", "check_arguments", "evaluate",
+           "flatten_metrics", "format_table", "runner_for"]

@@ -5,7 +5,9 @@ A benchmark may be requested several times under `name/label` (e.g. "retrieval/c
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+import inspect
+import os
+from typing import Any, Callable, Mapping
 
 from clic_jax.evaluate import retrieval, sugarcrepe, sugarcrepe_pp, winoground, zeroshot
 
@@ -27,3 +29,24 @@ def runner_for(name: str) -> Runner:
     raise ValueError(f"Unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)} "
                      "(optionally suffixed with '/label' to run one several times)")
   return BENCHMARKS[base]
+
+
+# Arguments that name local files or folders (a string with "://" is left to the reader).
+PATH_ARGUMENTS = ("data_dir", "coco_dir", "imagenet_dir", "annotation_file", "image_root",
+                  "classnames", "templates")
+
+
+def check_arguments(name: str, kwargs: Mapping[str, Any]) -> None:
+  """ValueError naming the benchmark when its arguments cannot work: an unknown name, arguments
+  its runner does not take or lacks, or a local path that does not exist. Training calls this
+  before its first step, so a typo is not found at the first evaluation, hours in."""
+  runner = runner_for(name)
+  try:
+    inspect.signature(runner).bind(None, **kwargs)
+  except TypeError as e:
+    taken = [p for p in inspect.signature(runner).parameters if p != "embedder"]
+    raise ValueError(f"benchmark {name!r}: {e}; it takes {', '.join(taken)}") from None
+  for key in PATH_ARGUMENTS:
+    value = kwargs.get(key)
+    if isinstance(value, str) and value and "://" not in value and not os.path.exists(value):
+      raise ValueError(f"benchmark {name!r}: {key}={value!r} does not exist")

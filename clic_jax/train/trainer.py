@@ -168,6 +168,13 @@ def check_config(config) -> None:
     raise ConfigError(f"config.init_from={init!r}: no such file (use a weights file, a pretrained "
                       "tag such as 'openai', or 'hf-hub:org/repo').")
   compute_dtype(config.model.dtype)
+  if config.get("evals"):
+    from clic_jax.evaluate import check_arguments
+    for name, kwargs in config.evals.items():
+      try:
+        check_arguments(name, dict(kwargs))
+      except ValueError as e:
+        raise ConfigError(f"config.evals: {e}") from None
 
 
 def freeze_patterns(config) -> tuple[str, ...]:
@@ -427,12 +434,21 @@ def run_evals(config, cfg: models.ClipConfig, params) -> dict[str, float]:
   """The configured benchmarks on the current params, in float32, as flat 'eval/...' metrics.
 
   Every host gathers the whole params and runs the whole evaluation on its own devices (no
-  collectives inside), so all hosts log the same numbers; process 0 writes them.
+  collectives inside), so all hosts log the same numbers; process 0 writes them. A benchmark
+  that fails (its data gone or unreadable since the run began) is logged with its traceback and
+  shows as `eval/<name>/failed` = 1; the other benchmarks and the training go on.
   """
   from clic_jax import evaluate
-  results = evaluate.evaluate(models.build_model(cfg), mesh_lib.gather_to_host(params),
-                              benchmarks={k: dict(v) for k, v in config.evals.items()},
-                              batch_size=config.get("eval_batch_size", 256))
+  model, host_params = models.build_model(cfg), mesh_lib.gather_to_host(params)
+  embedder = evaluate.Embedder(model, host_params, batch_size=config.get("eval_batch_size", 256))
+  results = {}
+  for name, kwargs in config.evals.items():
+    try:
+      results.update(evaluate.evaluate(model, host_params, {name: dict(kwargs)},
+                                       embedder=embedder))
+    except Exception:                                # noqa: BLE001 - never end a run on eval
+      log.exception("Evaluation of %r failed; training continues.", name)
+      results[name] = {"failed": 1}
   flat = {}
 
   def walk(prefix, node):
