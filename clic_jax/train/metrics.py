@@ -2,12 +2,21 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
+import shutil
+import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Mapping
 
 import numpy as np
+
+from clic_jax.train import remote
+
+log = logging.getLogger("clic_jax.train")
+METRICS_FILE = "metrics.jsonl"
 
 
 def _scalar(value) -> float | int:
@@ -16,17 +25,39 @@ def _scalar(value) -> float | int:
 
 
 class MetricsWriter:
-  def __init__(self, workdir: str | Path, enabled: bool = True, tensorboard: bool = True):
+  """Appends one JSON row per write to WORKDIR/metrics.jsonl and the same scalars to TensorBoard.
+
+  A remote workdir (gs://...) cannot be appended to: the rows and events are written to a local
+  staging folder, which starts from the remote metrics.jsonl when a run resumes, and copied up
+  whole every `sync_every_s` and on close. A failed copy is logged and retried at the next one;
+  it never stops training.
+  """
+
+  def __init__(self, workdir, enabled: bool = True, tensorboard: bool = True,
+               sync_every_s: float = 60.0):
     self.enabled = enabled
     self._tb = None
+    self._remote = str(workdir) if remote.is_remote(workdir) else None
     if not enabled:
       return
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
-    self._jsonl = open(workdir / "metrics.jsonl", "a", buffering=1)   # line-buffered: tail -f
+    if self._remote:
+      self.local_dir = Path(tempfile.mkdtemp(prefix="clic_jax_metrics_"))
+      if remote.download_if_exists(remote.join(self._remote, METRICS_FILE),
+                                   self.local_dir / METRICS_FILE):
+        log.info("Resuming the metrics of %s.", self._remote)
+      log.info("Remote workdir %s: metrics and TensorBoard are staged in %s and copied there "
+               "every %.0f s.", self._remote, self.local_dir, sync_every_s)
+    else:
+      self.local_dir = Path(workdir)
+      self.local_dir.mkdir(parents=True, exist_ok=True)
+    self._sync_every_s, self._synced_at = sync_every_s, time.monotonic()
+    self._jsonl = open(self.local_dir / METRICS_FILE, "a", buffering=1)   # line-buffered: tail -f
     if tensorboard:
       from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(str(workdir / "tensorboard"))
+      # A unique suffix: the events file is named by the second it opened, so a run resumed
+      # within the same second would otherwise overwrite the previous file in the bucket.
+      self._tb = SummaryWriter(str(self.local_dir / "tensorboard"),
+                               filename_suffix=f".{uuid.uuid4().hex[:8]}")
 
   def write(self, step: int, metrics: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -37,12 +68,34 @@ class MetricsWriter:
       for key, value in row.items():
         if key != "step" and isinstance(value, (int, float)) and math.isfinite(value):
           self._tb.add_scalar(key, value, step)
+    if self._remote and time.monotonic() - self._synced_at >= self._sync_every_s:
+      self.sync()
+
+  def sync(self) -> bool:
+    """Copies the staged files up to the remote workdir; False if that failed."""
+    if not (self.enabled and self._remote):
+      return True
+    self._synced_at = time.monotonic()
+    if not self._jsonl.closed:
+      self._jsonl.flush()
+    if self._tb is not None:
+      self._tb.flush()
+    try:
+      remote.upload_tree(self.local_dir, self._remote)
+      return True
+    except Exception:                                # noqa: BLE001 - metrics never end a run
+      log.exception("Copying metrics to %s failed; retrying at the next sync (kept in %s).",
+                    self._remote, self.local_dir)
+      return False
 
   def close(self) -> None:
     if self.enabled:
       self._jsonl.close()
       if self._tb is not None:
         self._tb.close()
+        self._tb = None
+      if self.sync() and self._remote:
+        shutil.rmtree(self.local_dir, ignore_errors=True)     # all of it is in the bucket
 
 
 class Progress:

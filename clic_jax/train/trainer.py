@@ -8,6 +8,7 @@ from __future__ import annotations
 import collections
 import logging
 import signal
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from clic_jax.train import checkpoint as ckpt_lib
 from clic_jax.train import mesh as mesh_lib
 from clic_jax.train import metrics as metrics_lib
 from clic_jax.train import optimizer as opt_lib
+from clic_jax.train import remote as remote_lib
 from clic_jax.train import step as step_lib
 
 log = logging.getLogger("clic_jax.train")
@@ -219,16 +221,16 @@ def summarize_window(kinds: list[str], fetched: list[dict]) -> dict[str, float]:
   return row
 
 
-def metrics_dir(workdir) -> Path:
-  """Where metrics, TensorBoard events and the final export go: the workdir itself, or for a
-  remote workdir (gs://...; checkpoints go there through orbax) a local logs/<run name> folder,
-  since appending to an object-store file is not possible."""
-  if "://" not in str(workdir):
-    return Path(workdir)
-  local = Path("logs") / str(workdir).rstrip("/").rsplit("/", 1)[-1]
-  log.warning("Remote workdir %s: metrics, TensorBoard and the export are written to %s.",
-              workdir, local.absolute())
-  return local
+def export_final(cfg: models.ClipConfig, params, workdir) -> str:
+  """WORKDIR/open_clip/ (open_clip's config + safetensors); for a remote workdir written in a local
+  temporary folder and copied up."""
+  from clic_jax.interop import export_open_clip
+  if not remote_lib.is_remote(workdir):
+    return str(export_open_clip(cfg, params, Path(workdir) / "open_clip"))
+  with tempfile.TemporaryDirectory(prefix="clic_jax_export_") as local:
+    export_open_clip(cfg, params, Path(local) / "open_clip")
+    remote_lib.upload_tree(Path(local), str(workdir))
+  return remote_lib.join(str(workdir), "open_clip")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -349,7 +351,7 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
   step = int(jax.device_get(state.step))
 
   # Loop.
-  writer = metrics_lib.MetricsWriter(metrics_dir(workdir), enabled=is_primary,
+  writer = metrics_lib.MetricsWriter(workdir, enabled=is_primary,
                                      tensorboard=config.get("tensorboard", True))
   progress = metrics_lib.Progress(total_steps * micro, step)
   pending: list[tuple[int, str, dict]] = []
@@ -425,8 +427,7 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
   if not preempted and config.get("export_open_clip", True):
     params = mesh_lib.gather_to_host(state.params)     # a collective: every host takes part
     if is_primary:
-      from clic_jax.interop import export_open_clip
-      summary["export"] = str(export_open_clip(cfg, params, metrics_dir(workdir) / "open_clip"))
+      summary["export"] = export_final(cfg, params, workdir)
   return summary
 
 
