@@ -164,6 +164,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, caption_d
     trainer.train(config, tmp_path)
   saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
   assert saved and max(saved) == 4
+  assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2, 3, 4]   # the writer was closed
   _, params = load_params_for_eval(tmp_path)
   assert all(np.all(np.isfinite(np.asarray(x))) for x in jax.tree.leaves(params))
 

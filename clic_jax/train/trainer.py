@@ -6,6 +6,7 @@ steps -> checkpoint/resume -> loop (log, evaluate, checkpoint, preemption) -> ex
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import signal
 import tempfile
@@ -375,7 +376,8 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
     return row
 
   buckets = text_length_buckets(config)
-  with _Preemption() as preemption:
+  # closing(writer): the rows so far reach the workdir (a bucket too) even when a step raises.
+  with _Preemption() as preemption, contextlib.closing(writer):
     while step < total_steps * micro:
       host_batch = next(data_iter)
       kind = host_batch["kind"]
@@ -419,7 +421,6 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
         break
 
   ckpt.close()
-  writer.close()
   if hasattr(data_iter, "close"):
     data_iter.close()
   summary = {"step": step, "total_steps": total_steps * micro, "preempted": preempted,
