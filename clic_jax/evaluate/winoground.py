@@ -121,7 +121,11 @@ def unzip_images_once(archive: str, images_dir: str) -> None:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         with z.open(info) as src, open(target, "wb") as dst:
           shutil.copyfileobj(src, dst)
-    os.replace(staging, images_dir)
+    try:
+      os.replace(staging, images_dir)
+    except OSError:
+      if not os.path.isdir(images_dir):              # else another process (host) got there first
+        raise
   except zipfile.BadZipFile as e:
     raise EvalDataError(f"winoground: {archive} is not a readable zip ({e}); delete it from the "
                         "Hugging Face cache to download it again.") from e
