@@ -99,8 +99,10 @@ def load_params_for_eval(workdir, step: int | None = None) -> tuple[ClipConfig, 
   directory = _workdir(workdir) / "checkpoints"
   if not directory.is_dir():
     raise FileNotFoundError(f"{workdir} has no checkpoints/ folder: nothing to load.")
-  with ocp.CheckpointManager(directory,
-                             item_handlers={"params": ocp.StandardCheckpointHandler()}) as manager:
+  # Every item's handler named (only params is read): orbax warns about each unnamed one.
+  handlers = {"params": ocp.StandardCheckpointHandler(), "train": ocp.StandardCheckpointHandler(),
+              "data": grain.checkpoint.CheckpointHandler()}
+  with ocp.CheckpointManager(directory, item_handlers=handlers) as manager:
     step = manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"No checkpoint in {directory}.")
