@@ -18,18 +18,26 @@ plus "num_examples" and "skipped" (counts by reason) per benchmark. Command line
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Mapping
 
 from clic_jax.evaluate.embed import Embedder, EvalDataError, SkipCounter
 from clic_jax.evaluate.registry import BENCHMARKS, check_arguments, runner_for
 
+log = logging.getLogger("clic_jax.evaluate")
 _META_KEYS = ("num_examples", "num_images", "num_captions", "skipped")
 
 
 def evaluate(model, params, benchmarks: Mapping[str, Mapping[str, Any]], batch_size: int = 256,
-             on_missing: str = "skip", tokenizer=None, embedder: Embedder | None = None
-             ) -> dict[str, dict[str, Any]]:
-  """Runs each named benchmark with its kwargs on one shared, jitted Embedder."""
+             on_missing: str = "skip", tokenizer=None, embedder: Embedder | None = None,
+             on_error: str = "raise") -> dict[str, dict[str, Any]]:
+  """Runs each named benchmark with its kwargs on one shared, jitted Embedder.
+
+  on_error="record" (what training uses): a benchmark that raises is logged with its traceback
+  and its result is {"failed": 1}; the others still run.
+  """
+  if on_error not in ("raise", "record"):
+    raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
   runners = {name: runner_for(name) for name in benchmarks}     # unknown names fail before work
   if embedder is None:
     embedder = Embedder(model, params, batch_size=batch_size, tokenizer=tokenizer)
@@ -37,7 +45,13 @@ def evaluate(model, params, benchmarks: Mapping[str, Mapping[str, Any]], batch_s
   for name, kwargs in benchmarks.items():
     kwargs = dict(kwargs)
     kwargs.setdefault("on_missing", on_missing)
-    results[name] = runners[name](embedder, **kwargs)
+    try:
+      results[name] = runners[name](embedder, **kwargs)
+    except Exception:                                # noqa: BLE001 - recorded, or raised below
+      if on_error == "raise":
+        raise
+      log.exception("Benchmark %r failed; the others go on.", name)
+      results[name] = {"failed": 1}
   return results
 
 

@@ -270,7 +270,7 @@ class VisionTransformer(nn.Module):
     x = Transformer(c.width, c.layers, c.heads, c.mlp_ratio, False, self.quick_gelu, self.dtype,
                     self.remat, self.attention_impl, self.scan_layers, self.pooled_last_block,
                     name="transformer")(x, jnp.zeros((b,), jnp.int32))   # the class token: (B, W)
-    pooled = LayerNorm(jnp.float32, name="ln_post")(x)   # per token: ln of [0] == [0] of ln
+    pooled = LayerNorm(jnp.float32, name="ln_post")(x)   # of the class token (LN is per token)
     proj = self.param("proj", _normal(scale), (c.width, self.output_dim), jnp.float32)
     return pooled @ proj
 

@@ -18,12 +18,16 @@ from etils import epath      # local paths and gs:// alike (orbax's own path typ
 
 from clic_jax.models import ClipConfig, config_from_open_clip, config_to_open_clip
 from clic_jax.train import optimizer as opt_lib
+from clic_jax.train import remote
 
 MODEL_FILE = "model.json"
 
 
-def _abstract(tree):
-  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), tree)
+def _abstract(tree, sharding=None):
+  """Restore targets: each leaf's shape and dtype, on its own sharding or on `sharding`. Leaves
+  may be arrays or orbax's metadata of saved arrays (which carry the same three fields)."""
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding or x.sharding), tree)
 
 
 class Checkpointer:
@@ -76,7 +80,7 @@ class Checkpointer:
 
 def _workdir(workdir) -> epath.Path:
   path = epath.Path(workdir)
-  return path if "://" in str(workdir) else epath.Path(path.resolve())
+  return path if remote.is_remote(workdir) else epath.Path(path.resolve())
 
 
 def write_model_info(workdir, model_name: str, cfg: ClipConfig) -> None:
@@ -110,8 +114,7 @@ def load_params_for_eval(workdir, step: int | None = None) -> tuple[ClipConfig, 
     # rebuild the saved shardings and refuse a checkpoint from a pod or a multi-GPU node here
     # ("Topology mismatch"). Shapes and dtypes come from the checkpoint's own metadata.
     on_host = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=on_host),
-                            manager.item_metadata(step)["params"])
+    abstract = _abstract(manager.item_metadata(step)["params"], sharding=on_host)
     restored = manager.restore(
         step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
   return cfg, jax.device_get(restored["params"])

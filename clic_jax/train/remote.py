@@ -7,12 +7,9 @@ copies use the same backends and credentials as the checkpoints.
 """
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 from etils import epath
-
-log = logging.getLogger("clic_jax.train")
 
 
 def is_remote(path) -> bool:

@@ -441,16 +441,9 @@ def run_evals(config, cfg: models.ClipConfig, params) -> dict[str, float]:
   shows as `eval/<name>/failed` = 1; the other benchmarks and the training go on.
   """
   from clic_jax import evaluate
-  model, host_params = models.build_model(cfg), mesh_lib.gather_to_host(params)
-  embedder = evaluate.Embedder(model, host_params, batch_size=config.get("eval_batch_size", 256))
-  results = {}
-  for name, kwargs in config.evals.items():
-    try:
-      results.update(evaluate.evaluate(model, host_params, {name: dict(kwargs)},
-                                       embedder=embedder))
-    except Exception:                                # noqa: BLE001 - never end a run on eval
-      log.exception("Evaluation of %r failed; training continues.", name)
-      results[name] = {"failed": 1}
+  results = evaluate.evaluate(models.build_model(cfg), mesh_lib.gather_to_host(params),
+                              benchmarks={k: dict(v) for k, v in config.evals.items()},
+                              batch_size=config.get("eval_batch_size", 256), on_error="record")
   flat = {}
 
   def walk(prefix, node):
