@@ -4,6 +4,9 @@
 
 Rerunning the same command resumes from the latest checkpoint in --workdir. On several hosts
 (TPU pods, SLURM) pass --multihost, or it is detected from the environment; see launch/README.md.
+
+The terminal shows clic_jax's own INFO messages and the libraries' warnings; WORKDIR/logs/train.log
+gets every INFO message, the libraries' (orbax, absl, jax, grain) included (logging_setup.py).
 """
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ import sys
 
 from absl import app, flags
 from ml_collections import config_flags
+
+from clic_jax import logging_setup
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Training config file (configs/*.py).",
                                           lock_config=True)
@@ -31,15 +36,16 @@ def _is_multihost_environment() -> bool:
 
 def main(argv):
   del argv
+  logging_setup.setup_logging()  # terminal only until the workdir and process index are known
   import jax
   multihost = _MULTIHOST.value if _MULTIHOST.value is not None else _is_multihost_environment()
   if multihost:
     jax.distributed.initialize()
-  logging.basicConfig(level=logging.INFO if jax.process_index() == 0 else logging.WARNING,
-                      format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
   config = _CONFIG.value
   if config is None or not _WORKDIR.value:
     sys.exit("Both --config=configs/FILE.py and --workdir=DIR are required (see --help).")
+  # Terminal: our INFO messages, libraries' warnings; WORKDIR/logs/train.log: everything at INFO.
+  logging_setup.setup_logging(_WORKDIR.value, jax.process_index())
   from clic_jax.train import trainer
   try:
     if config.get("demo"):

@@ -32,7 +32,7 @@ EXPECTED_TAG = {**{w: "ADJ" for w in COLORS | SIZES | BACKGROUND_WORDS},
                 "a": "DET", "an": "DET", "the": "DET", "to": "ADP", "of": "ADP", "above": "ADP",
                 "below": "ADP", "on": "ADP", "and": "CCONJ", ",": "PUNCT", ".": "PUNCT",
                 "there": "PRON", "are": "VERB", "one": "NUM", "two": "NUM", "three": "NUM"}
-SMALL = dict(num_train=40, num_test=30, seed=3, image_size=48)
+SMALL = dict(num_train=40, num_test=30, seed=3, image_size=48, frames="mixed")
 
 
 @pytest.fixture(scope="module")
@@ -234,6 +234,16 @@ def test_images_match_their_scenes(world):
       px = pixels[int(y0 + obj["y"] * unit), int(x0 + obj["x"] * unit)]
       assert np.abs(px - colors[obj["color"]]).max() <= 40, (scene["image"], obj, px)
   assert orientations == {"portrait", "wide"}              # both concatenation layouts occur
+
+
+def test_default_world_is_square_so_the_evaluation_crop_keeps_everything(tmp_path):
+  paths = generate_world(str(tmp_path / "sq"), num_train=12, num_test=6, seed=1, image_size=32)
+  for name in ("train_scenes", "test_scenes"):
+    for scene in _read_jsonl(paths[name]):
+      assert scene["width"] == scene["height"] == 32
+      for obj in scene["objects"]:          # inside the image: fractions of width and height
+        assert obj["radius"] < obj["x"] < 1 - obj["radius"]
+        assert obj["radius"] < obj["y"] < 1 - obj["radius"]
 
 
 def test_train_and_test_scenes_are_disjoint(world):

@@ -1,4 +1,5 @@
-"""Evaluation suite: SugarCrepe, SugarCrepe++, Winoground, zero-shot classification, retrieval.
+"""Evaluation suite: SugarCrepe, SugarCrepe++, Winoground, zero-shot classification, retrieval,
+and toy-world binding probes (any model, no data needed).
 
 Python API (what training calls on a schedule):
 
@@ -9,6 +10,7 @@ Python API (what training calls on a schedule):
       "zeroshot": {"imagenet_dir": ".../imagenet", "max_examples": 10000},
       "retrieval/coco": {"annotation_file": ".../coco_karpathy_test.json",
                          "image_root": ".../coco"},
+      "binding": {"num_train": 2000, "num_twins": 400},   # needs no data (binding.py)
   }, batch_size=256)
   print(format_table(results))
 

@@ -34,7 +34,7 @@ _MODEL = flags.DEFINE_string("model", None, "Architecture name for --open_clip, 
                              "ViT-B-32-quickgelu (not needed for hf-hub:/local-dir:).")
 _BENCHMARKS = flags.DEFINE_list(
     "benchmarks", [], "Comma list of: sugarcrepe, sugarcrepe_pp, winoground, zeroshot, "
-    "classification, retrieval. Default: all whose data flags are set.")
+    "classification, retrieval, binding. Default: all whose data flags are set.")
 _SUGARCREPE_DIR = flags.DEFINE_string("sugarcrepe_dir", None,
                                       "Folder with SugarCrepe's add_obj.json ... swap_att.json.")
 _SUGARCREPE_PP_DIR = flags.DEFINE_string(
@@ -120,6 +120,8 @@ def benchmark_kwargs(names: list[str]) -> dict[str, dict]:
       _require(name, retrieval_json=_RETRIEVAL_JSON.value)
       root = _RETRIEVAL_IMAGE_ROOT.value or os.path.dirname(os.path.abspath(_RETRIEVAL_JSON.value))
       out[name] = {"annotation_file": _RETRIEVAL_JSON.value, "image_root": root}
+    elif name == "binding":
+      out[name] = {}                                     # renders its own scenes; no data flags
     else:
       from clic_jax.evaluate.registry import BENCHMARKS
       raise app.UsageError(f"Unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}.")

@@ -9,7 +9,8 @@ import inspect
 import os
 from typing import Any, Callable, Mapping
 
-from clic_jax.evaluate import retrieval, sugarcrepe, sugarcrepe_pp, winoground, zeroshot
+from clic_jax.evaluate import (binding, retrieval, sugarcrepe, sugarcrepe_pp, winoground,
+                               zeroshot)
 
 Runner = Callable[..., dict[str, Any]]
 
@@ -20,6 +21,7 @@ BENCHMARKS: dict[str, Runner] = {
     "zeroshot": zeroshot.run_imagenet,       # imagenet_dir, split, max_examples
     "classification": zeroshot.run_folder,   # data_dir, classnames, templates, max_examples
     "retrieval": retrieval.run,              # annotation_file, image_root
+    "binding": binding.run,                  # num_train, num_twins, seed, image_size (no data)
 }
 
 

@@ -28,11 +28,14 @@ import numpy as np
 
 from clic_jax.data.toyworld import benchmark, captions
 from clic_jax.data.toyworld.render import render_scene
-from clic_jax.data.toyworld.scenes import Scene, sample_scene, scene_key
+from clic_jax.data.toyworld.scenes import ORIENTATIONS, Scene, sample_scene, scene_key
 
 # Bump when the generator's output changes, so old worlds on disk are regenerated.
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 IMAGE_FORMATS = ("png", "jpg")
+# Frame shapes: "square" (default; what evaluation crops is the whole image) or "mixed" (portrait,
+# landscape and square, so both pair layouts of the CLIC pipeline occur).
+FRAMES = {"square": ("square",), "mixed": ORIENTATIONS}
 _MAX_REDRAWS = 1000       # held-out scene re-draws before concluding the world is too small
 # Independent random streams, the first entry after the seed: np.random.default_rng([seed, stream, ...]).
 TRAIN_SCENES, TEST_SCENES, BENCHMARK, TRAIN_CAPTIONS, TEST_CAPTIONS = range(5)
@@ -60,13 +63,14 @@ def world_paths(out_dir: str) -> dict[str, str]:
 
 
 def sample_split(stream: int, count: int, seed: int, image_size: int,
-                 excluded_keys: set) -> list[Scene]:
+                 excluded_keys: set, frames: str = "square") -> list[Scene]:
   """Scenes of one split; scene i comes from its own stream [seed, stream, i, redraw], so a scene
   does not depend on how many others are generated."""
   scenes = []
   for index in range(count):
     for redraw in range(_MAX_REDRAWS):
-      scene = sample_scene(np.random.default_rng([seed, stream, index, redraw]), image_size)
+      scene = sample_scene(np.random.default_rng([seed, stream, index, redraw]), image_size,
+                           FRAMES[frames])
       if scene_key(scene) not in excluded_keys:
         break
     else:
@@ -111,7 +115,7 @@ def _owned_or_empty(out_dir: str, manifest_path: str) -> None:
 
 def generate_world(out_dir: str, num_train: int, num_test: int, seed: int = 0,
                    image_size: int = 64, image_format: str = "png",
-                   force: bool = False) -> dict[str, str]:
+                   force: bool = False, frames: str = "square") -> dict[str, str]:
   """Generates the toy world (see the module docstring) and returns its paths.
 
   Idempotent: when out_dir holds a finished world with the same config, nothing is redone.
@@ -122,11 +126,14 @@ def generate_world(out_dir: str, num_train: int, num_test: int, seed: int = 0,
     raise ValueError(f"seed={seed} must be non-negative")
   if image_size < 16:
     raise ValueError(f"image_size={image_size} is too small to draw shapes; use 16 or more")
+  if frames not in FRAMES:
+    raise ValueError(f"frames={frames!r}; use one of {sorted(FRAMES)}")
   if image_format not in IMAGE_FORMATS:
     raise ValueError(f"image_format={image_format!r}; use one of {IMAGE_FORMATS}")
   paths = world_paths(out_dir)
   config = {"version": WORLD_VERSION, "num_train": num_train, "num_test": num_test,
-            "seed": seed, "image_size": image_size, "image_format": image_format}
+            "seed": seed, "image_size": image_size, "image_format": image_format,
+            "frames": frames}
   manifest = _read_manifest(paths["manifest"])
   if (not force and manifest.get("config") == config and manifest.get("complete")
       and all(os.path.exists(p) for p in paths.values())):
@@ -138,9 +145,10 @@ def generate_world(out_dir: str, num_train: int, num_test: int, seed: int = 0,
   _write_manifest(paths["manifest"], {"config": config, "complete": False})
 
   start = time.perf_counter()
-  train = sample_split(TRAIN_SCENES, num_train, seed, image_size, excluded_keys=set())
+  train = sample_split(TRAIN_SCENES, num_train, seed, image_size, excluded_keys=set(),
+                       frames=frames)
   test = sample_split(TEST_SCENES, num_test, seed, image_size,
-                       excluded_keys={scene_key(s) for s in train})
+                      excluded_keys={scene_key(s) for s in train}, frames=frames)
   _write_split(train, TRAIN_CAPTIONS, seed, paths, "train", image_format)
   test_files = _write_split(test, TEST_CAPTIONS, seed, paths, "test", image_format)
   records = benchmark.build_benchmark(test, test_files, [seed, BENCHMARK],
@@ -173,4 +181,4 @@ def _write_manifest(path: str, data: dict) -> None:
   os.replace(tmp, path)
 
 
-__all__ = ["generate_world", "sample_split", "world_paths", "WORLD_VERSION"]
+__all__ = ["generate_world", "sample_split", "world_paths", "FRAMES", "WORLD_VERSION"]

@@ -6,8 +6,11 @@ every caption can be checked against the structure it came from. Sampling takes 
 
 Geometry: object centres and radii are fractions of the image's *shorter* side and live in the
 central square of the image. Evaluation crops that square (open_clip's val transform), so no object
-is ever cut off and the spatial relations stay true after the crop. The image's aspect ratio varies
-(portrait, landscape, square) so that both pair-concatenation layouts of the CLIC pipeline occur.
+is ever cut off and the spatial relations stay true after the crop. Frames are square by default:
+then training (which squashes the whole image into half of a pair) and evaluation (which crops)
+see exactly the same content, and x, y are also fractions of the image's width and height. With
+`orientations=ORIENTATIONS` the aspect ratio varies (portrait, landscape, square) so that both
+pair-concatenation layouts of the CLIC pipeline occur.
 """
 from __future__ import annotations
 
@@ -177,19 +180,24 @@ def _sample_background(rng: np.random.Generator, short_side: int) -> Background:
                     vertical=bool(rng.integers(2)), noise_seed=noise_seed)
 
 
-def _sample_frame(rng: np.random.Generator, image_size: int) -> tuple[int, int]:
-  orientation = ORIENTATIONS[rng.integers(len(ORIENTATIONS))]
+def _sample_frame(rng: np.random.Generator, image_size: int,
+                  orientations: tuple[str, ...]) -> tuple[int, int]:
+  orientation = orientations[rng.integers(len(orientations))]
   if orientation == "square":
     return image_size, image_size
   long_side = int(round(image_size * LONG_SIDE_RATIOS[rng.integers(len(LONG_SIDE_RATIOS))]))
   return (long_side, image_size) if orientation == "landscape" else (image_size, long_side)
 
 
-def sample_scene(rng: np.random.Generator, image_size: int = 64) -> Scene:
-  """One random scene whose shorter image side is `image_size` pixels."""
+def sample_scene(rng: np.random.Generator, image_size: int = 64,
+                 orientations: tuple[str, ...] = ("square",)) -> Scene:
+  """One random scene whose shorter image side is `image_size` pixels; its frame is drawn
+  uniformly from `orientations` (a subset of ORIENTATIONS)."""
   if image_size < 16:
     raise ValueError(f"image_size={image_size} is too small to draw shapes; use 16 or more")
-  width, height = _sample_frame(rng, image_size)
+  if not orientations or set(orientations) - set(ORIENTATIONS):
+    raise ValueError(f"orientations={orientations!r}: a non-empty subset of {ORIENTATIONS}")
+  width, height = _sample_frame(rng, image_size, tuple(orientations))
   return Scene(width=width, height=height, background=_sample_background(rng, image_size),
                objects=_sample_objects(rng))
 
