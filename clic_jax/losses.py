@@ -22,6 +22,13 @@ both losses (so CLIP and CLIC steps log the same columns):
   uni_modal_loss    mean_b sum_d (p1 - p2)^2, before its weight (0 when not computed)
   accuracy          percent of anchors ranked correctly (CLIC_SPEC C5)
 Each term is its own array, never an in-place alias of the total (the reference's F26 logging bug).
+`clic_loss` with negatives adds hard-negative diagnostics (`hard_negative_metric_names`):
+  pos_over_neg/p{i}              fraction of samples j with <I_j, p_ij> > <I_j, n_j>
+  pos_over_neg_wrong_image/p{i}  the same with another sample's image I_{(j+1) mod B}; a text-only
+                                 shortcut (the positive beats the negative whatever the image) shows
+                                 as this being as high as pos_over_neg for the same set
+  negative_valid                 fraction of samples whose negative is valid (1 without a mask)
+Both fractions count only samples with a valid negative when a mask is given.
 """
 
 from __future__ import annotations
@@ -33,8 +40,16 @@ import jax.numpy as jnp
 # bf16/tf32, and with s = 100 that error is visible in the loss.
 _PRECISION = jax.lax.Precision.HIGHEST
 
+# The keys every loss returns (CLIP and CLIC steps log these same columns).
 METRIC_NAMES = ("loss", "contrastive_loss", "img_to_txt_loss", "txt_to_img_loss", "sneg_loss",
                 "uni_modal_loss", "accuracy")
+
+
+def hard_negative_metric_names(num_sets: int) -> tuple[str, ...]:
+  """The extra keys of `clic_loss` with negatives, for P = num_sets positive sets."""
+  return (tuple(f"pos_over_neg/p{i + 1}" for i in range(num_sets))
+          + tuple(f"pos_over_neg_wrong_image/p{i + 1}" for i in range(num_sets))
+          + ("negative_valid",))
 
 
 def l2_normalize(x, eps: float = 1e-12, axis: int = -1):
@@ -94,6 +109,53 @@ def _check_embeddings(image_emb, pos_emb, neg_emb):
                      f"{neg_emb.shape}.")
 
 
+def _valid_mask(neg_valid, batch: int):
+  """neg_valid (B,) of bool, or numbers where nonzero means valid -> bool (B,)."""
+  valid = jnp.asarray(neg_valid)
+  if valid.shape != (batch,):
+    raise ValueError(f"neg_valid must be ({batch},) to match image_emb, got shape {valid.shape}.")
+  return valid if valid.dtype == jnp.bool_ else valid != 0
+
+
+def _masked_mean(x, valid):
+  """Mean of x (..., B) over its last axis, only where valid (B,) is True; 0 when none is.
+
+  Without a mask this is jnp.mean; with an all-True mask it gives the same bits, whatever the
+  backend makes of the mean's constant divisor: the mean of the masked values times B / count, and
+  B / count is exactly 1 when every sample is valid.
+  """
+  mean = jnp.mean(x if valid is None else jnp.where(valid, x, 0.0), axis=-1)
+  return mean if valid is None else mean * _all_over_valid(valid)
+
+
+def _all_over_valid(valid):
+  """B / max(#valid, 1) in float32: exactly 1.0 when all are valid, 0-safe when none is."""
+  valid = valid.astype(jnp.float32)
+  return valid.shape[-1] / jnp.maximum(jnp.sum(valid), 1.0)
+
+
+def _hard_negative_diagnostics(image, pos, neg, valid):
+  """pos_over_neg / pos_over_neg_wrong_image per set and negative_valid; B*D work per set.
+
+  Unscaled dot products (the logit scale is positive, so it changes no comparison); the wrong image
+  of sample j is I_{(j+1) mod B} (jnp.roll by -1), never its own for B > 1.
+  """
+  wrong = jnp.roll(image, -1, axis=0)
+  own_pos = jnp.sum(image[None] * pos, axis=-1)          # (P, B): <I_j, p_ij>
+  own_neg = jnp.sum(image * neg, axis=-1)                # (B,):   <I_j, n_j>
+  wrong_pos = jnp.sum(wrong[None] * pos, axis=-1)        # (P, B): <I_{j+1}, p_ij>
+  wrong_neg = jnp.sum(wrong * neg, axis=-1)              # (B,):   <I_{j+1}, n_j>
+  right = _masked_mean((own_pos > own_neg[None]).astype(jnp.float32), valid)
+  mismatched = _masked_mean((wrong_pos > wrong_neg[None]).astype(jnp.float32), valid)
+  out = {}
+  for i in range(pos.shape[0]):
+    out[f"pos_over_neg/p{i + 1}"] = right[i]
+    out[f"pos_over_neg_wrong_image/p{i + 1}"] = mismatched[i]
+  out["negative_valid"] = (jnp.ones((), jnp.float32) if valid is None
+                           else jnp.mean(valid.astype(jnp.float32)))
+  return {k: jax.lax.stop_gradient(jnp.asarray(v, jnp.float32)) for k, v in out.items()}
+
+
 def _is_static_zero(weight) -> bool:
   """True only for a concrete Python/NumPy zero, so a traced weight never skips its term."""
   return isinstance(weight, (int, float)) and weight == 0
@@ -135,7 +197,7 @@ def uni_modal_loss(p1, p2):
 
 
 def clic_loss(image_emb, pos_emb, neg_emb, scale, cont=0.5, sneg=0.5, uni=1.0,
-              separate_negatives: bool = True):
+              separate_negatives: bool = True, neg_valid=None, sneg_sets: int | None = None):
   """CLIC multi-positive contrastive loss with hard negatives, over the global batch.
 
   Args:
@@ -159,6 +221,17 @@ def clic_loss(image_emb, pos_emb, neg_emb, scale, cont=0.5, sneg=0.5, uni=1.0,
         i.e. `cont` and `sneg` are NOT applied in this variant (CLIC_SPEC F9); pass them anyway, they
         are ignored.
 
+    neg_valid: None (every negative is used, like the reference) or (B,) bool (or numbers, nonzero =
+      valid): False marks a sample whose negative is not a real hard negative (the pipeline's
+      `negative_valid`: no swap gave a caption unlike every positive, so it may equal p1). Separate
+      variant: the 2-way term is the mean over valid samples only (0 when none is valid), and an
+      invalid sample's accuracy drops the negative condition. Unified variant: invalid negatives'
+      columns leave every row's image->text softmax (logits -> -inf) and the accuracy's max.
+      An all-True mask gives the same numbers, bit for bit, as None.
+    sneg_sets: a static Python int k, or None for all P sets: the separate 2-way term averages over
+      the first k sets only (2: the minimal pairs p1, p2, the positives that hold the same words as
+      the negative). Needs separate_negatives=True. The diagnostics and accuracy still use all sets.
+
   The uni-modal term is mean_b sum_d (p1 - p2)^2 on the first two sets (CLIC_SPEC C3). The
   single-image baseline (CLIC_SPEC D11) is this function with uni=0.
 
@@ -166,17 +239,29 @@ def clic_loss(image_emb, pos_emb, neg_emb, scale, cont=0.5, sneg=0.5, uni=1.0,
     (loss, metrics); accuracy (C5) is, per set, the percent of images whose i2t argmax is their own
     caption and (separate variant, with negatives) whose positive scores >= their negative (a tie
     counts as correct, like argmax picking index 0); in the unified variant, the argmax over the
-    combined 2B columns must be the own caption. It is averaged over the P sets.
+    combined 2B columns must be the own caption. It is averaged over the P sets. With negatives the
+    metrics also hold `hard_negative_metric_names(P)` (see the module docstring).
   """
   if not isinstance(separate_negatives, bool):
     raise TypeError("separate_negatives must be a Python bool (mark it static under jax.jit), got "
                     f"{type(separate_negatives).__name__}.")
+  if sneg_sets is not None:
+    if isinstance(sneg_sets, bool) or not isinstance(sneg_sets, int):
+      raise TypeError("sneg_sets must be a Python int or None (mark it static under jax.jit), got "
+                      f"{type(sneg_sets).__name__}.")
+    if not separate_negatives:
+      raise ValueError("sneg_sets needs separate_negatives=True: the unified variant has no "
+                       "separate hard-negative term to restrict.")
   image = jnp.asarray(image_emb, jnp.float32)
   pos = jnp.asarray(pos_emb, jnp.float32)
   neg = None if neg_emb is None else jnp.asarray(neg_emb, jnp.float32)
   _check_embeddings(image, pos, neg)
   scale = jnp.asarray(scale, jnp.float32)
   num_sets = pos.shape[0]
+  if sneg_sets is not None and not 1 <= sneg_sets <= num_sets:
+    raise ValueError(f"sneg_sets={sneg_sets} must be between 1 and the number of positive sets "
+                     f"({num_sets}).")
+  valid = None if neg is None or neg_valid is None else _valid_mask(neg_valid, image.shape[0])
 
   # logits[i, j, k] = s <I_j, p_ik>: set i's image->text logits; its transpose is text->image.
   pos_logits = _similarity(image[None], pos, scale)  # (P, B, B)
@@ -187,14 +272,25 @@ def clic_loss(image_emb, pos_emb, neg_emb, scale, cont=0.5, sneg=0.5, uni=1.0,
   zero = jnp.zeros((), jnp.float32)
 
   sneg_loss = zero
+  diagnostics = {}
   if neg is not None:
+    diagnostics = _hard_negative_diagnostics(image, pos, neg, valid)
     if separate_negatives:
       own_neg = scale * jnp.sum(image * neg, axis=-1)  # (B,): s <I_j, n_j>
       # 2-way CE with target 0: lse(pos, neg) - pos = softplus(neg - pos).
-      sneg_loss = jnp.mean(jax.nn.softplus(own_neg[None] - own_pos))
-      correct = correct & (own_pos >= own_neg[None])
+      two_way = jax.nn.softplus(own_neg[None] - own_pos)  # (P, B)
+      if sneg_sets is not None:
+        two_way = two_way[:sneg_sets]
+      if valid is None:
+        sneg_loss = jnp.mean(two_way)
+      else:  # every set has the same mask: one mean over (sets, samples), rescaled as _masked_mean
+        sneg_loss = jnp.mean(jnp.where(valid[None], two_way, 0.0)) * _all_over_valid(valid)
+      neg_ok = own_pos >= own_neg[None]
+      correct = correct & (neg_ok if valid is None else neg_ok | ~valid[None])
     else:
       neg_logits = _similarity(image, neg, scale)  # (B, B): s <I_j, n_k>, shared by every set
+      if valid is not None:  # invalid negatives leave every row's softmax (and the accuracy's max)
+        neg_logits = jnp.where(valid[None, :], neg_logits, -jnp.inf)
       # lse over the concatenated columns [set i | all negatives] without materializing the concat.
       i2t_logsumexp = jnp.logaddexp(i2t_logsumexp, jax.nn.logsumexp(neg_logits, axis=-1)[None])
       # argmax over [set i | negatives] is the own caption iff it is the first max of set i and no
@@ -215,5 +311,6 @@ def clic_loss(image_emb, pos_emb, neg_emb, scale, cont=0.5, sneg=0.5, uni=1.0,
     total = contrastive + uni * uni_loss  # the reference applies no cont/sneg here (F9)
   total = jnp.asarray(total, jnp.float32)
   accuracy = 100.0 * jnp.mean(correct.astype(jnp.float32))
-  return total, _metrics(loss=total, contrastive=contrastive, i2t=i2t, t2i=t2i, sneg=sneg_loss,
-                         uni=uni_loss, accuracy=accuracy)
+  metrics = _metrics(loss=total, contrastive=contrastive, i2t=i2t, t2i=t2i, sneg=sneg_loss,
+                     uni=uni_loss, accuracy=accuracy)
+  return total, {**metrics, **diagnostics}

@@ -139,6 +139,13 @@ def test_clip_loss_matches_reference(batch, dim, scale, world):
   assert float(metrics["sneg_loss"]) == 0.0 and float(metrics["uni_modal_loss"]) == 0.0
   assert set(metrics) == set(losses.METRIC_NAMES)
   assert all(v.dtype == jnp.float32 and v.shape == () for v in metrics.values())
+  # METRIC_NAMES are the keys both losses share; CLIC with negatives adds its diagnostics.
+  _, clic_metrics = losses.clic_loss(image, np.stack([text, text]), text[::-1], scale)
+  assert set(losses.METRIC_NAMES) < set(clic_metrics)
+  assert set(clic_metrics) - set(losses.METRIC_NAMES) == set(losses.hard_negative_metric_names(2))
+  assert all(v.dtype == jnp.float32 and v.shape == () for v in clic_metrics.values())
+  _, no_neg = losses.clic_loss(image, text[None], None, scale)
+  assert set(no_neg) == set(losses.METRIC_NAMES)
 
 
 CLIC_CASES = [
@@ -296,3 +303,229 @@ def test_bad_shapes_are_named():
   with pytest.raises(TypeError, match="separate_negatives"):
     losses.clic_loss(image, np.zeros((1, 4, 8), np.float32), None, 1.0,
                      separate_negatives=jnp.asarray(True))
+
+
+# ------------------------------------------------------------------------------------------------
+# Hard-negative diagnostics, masking of invalid negatives, and the minimal-pairs hard-negative term.
+
+
+def _diagnostics_numpy(image, pos, neg, valid=None):
+  """pos_over_neg and pos_over_neg_wrong_image per set, by the definition, in float64."""
+  image, pos, neg = (np.asarray(x, np.float64) for x in (image, pos, neg))
+  batch = image.shape[0]
+  valid = np.ones(batch, bool) if valid is None else np.asarray(valid, bool)
+  out = {}
+  for i in range(pos.shape[0]):
+    right = [image[j] @ pos[i, j] > image[j] @ neg[j] for j in range(batch) if valid[j]]
+    wrong = [image[(j + 1) % batch] @ pos[i, j] > image[(j + 1) % batch] @ neg[j]
+             for j in range(batch) if valid[j]]
+    out[f"pos_over_neg/p{i + 1}"] = float(np.mean(right)) if right else 0.0
+    out[f"pos_over_neg_wrong_image/p{i + 1}"] = float(np.mean(wrong)) if wrong else 0.0
+  out["negative_valid"] = float(np.mean(valid))
+  return out
+
+
+def _unit(x):
+  return (x / np.linalg.norm(x, axis=-1, keepdims=True)).astype(np.float32)
+
+
+def test_diagnostics_reveal_a_text_only_shortcut():
+  """p3/p4 beat the negative along a direction every image shares: they win as often with another
+  sample's image as with their own. p1/p2 are unrelated to the negative: about half the time."""
+  rng = np.random.default_rng(10)
+  batch, dim = 64, 32
+  shared = np.zeros(dim)
+  shared[0] = 1.0                                       # a direction all images point along
+  image = _unit(6.0 * shared + np.concatenate(
+      [np.zeros((batch, 1)), rng.standard_normal((batch, dim - 1))], axis=1))
+  neg = _unit(rng.standard_normal((batch, dim)))
+  p12 = _unit(rng.standard_normal((2, batch, dim)))
+  p34 = _unit(0.5 * shared + 0.1 * rng.standard_normal((2, batch, dim)))
+  pos = np.concatenate([p12, p34])
+  for separate in (True, False):
+    _, m = losses.clic_loss(image, pos, neg, 100.0, separate_negatives=separate)
+    want = _diagnostics_numpy(image, pos, neg)
+    for name, value in want.items():
+      assert float(m[name]) == pytest.approx(value, abs=1e-6), name
+    for p in ("p3", "p4"):   # the shortcut's signature: ~1 with the right and the wrong image
+      right, wrong = float(m[f"pos_over_neg/{p}"]), float(m[f"pos_over_neg_wrong_image/{p}"])
+      assert right >= 0.95 and wrong >= 0.95 and abs(right - wrong) <= 0.05
+    for p in ("p1", "p2"):
+      assert 0.3 <= float(m[f"pos_over_neg/{p}"]) <= 0.7
+      assert 0.3 <= float(m[f"pos_over_neg_wrong_image/{p}"]) <= 0.7
+    assert float(m["negative_valid"]) == 1.0
+
+
+def test_diagnostics_of_an_image_dependent_positive():
+  """Positives close to their own image and a random negative: the positive wins with the right
+  image every time, with a mismatched image (I_{(j+1) mod B}) only about half the time."""
+  rng = np.random.default_rng(11)
+  batch, dim = 48, 128
+  image = _unit(rng.standard_normal((batch, dim)))
+  pos = _unit(image[None] + 0.3 * rng.standard_normal((2, batch, dim)))
+  neg = _unit(rng.standard_normal((batch, dim)))
+  _, m = losses.clic_loss(image, pos, neg, 50.0)
+  want = _diagnostics_numpy(image, pos, neg)
+  for name, value in want.items():
+    assert float(m[name]) == pytest.approx(value, abs=1e-6), name
+  for p in ("p1", "p2"):
+    assert float(m[f"pos_over_neg/{p}"]) == 1.0
+    assert 0.2 <= float(m[f"pos_over_neg_wrong_image/{p}"]) <= 0.8
+  # The mismatched image is the next sample's (jnp.roll by -1), not e.g. the previous one's.
+  prev = [image[j - 1] @ pos[0, j] > image[j - 1] @ neg[j] for j in range(batch)]
+  assert float(m["pos_over_neg_wrong_image/p1"]) == pytest.approx(want[
+      "pos_over_neg_wrong_image/p1"]) and np.mean(prev) != want["pos_over_neg_wrong_image/p1"]
+
+
+def _batch_with_invalid(seed=12, batch=8, dim=6, num_sets=4):
+  rng = np.random.default_rng(seed)
+  image = _unit(rng.standard_normal((batch, dim)))
+  pos = _unit(rng.standard_normal((num_sets, batch, dim)))
+  neg = _unit(rng.standard_normal((batch, dim)))
+  valid = np.array([True, False, True, True, False, True, True, False][:batch])
+  return image, pos, neg, valid
+
+
+def test_all_valid_mask_gives_the_unmasked_numbers_bit_for_bit():
+  image, pos, neg, _ = _batch_with_invalid()
+  jitted = jax.jit(losses.clic_loss, static_argnames=("separate_negatives", "sneg_sets"))
+  for fn in (losses.clic_loss, jitted):
+    for separate in (True, False):
+      for sneg_sets in ((None, 2) if separate else (None,)):
+        kwargs = dict(separate_negatives=separate, sneg_sets=sneg_sets)
+        loss, metrics = fn(image, pos, neg, 100.0, **kwargs)
+        for mask in (np.ones(8, bool), jnp.ones(8, jnp.int32), jnp.ones(8, jnp.float32)):
+          loss_m, metrics_m = fn(image, pos, neg, 100.0, neg_valid=mask, **kwargs)
+          assert np.array_equal(np.asarray(loss), np.asarray(loss_m))
+          assert set(metrics) == set(metrics_m)
+          for name in metrics:
+            assert np.array_equal(np.asarray(metrics[name]), np.asarray(metrics_m[name])), name
+  # The gradients too (the step differentiates the same function).
+  grad = lambda *a, **k: jax.grad(lambda n: losses.clic_loss(image, pos, n, 100.0, *a, **k)[0])(neg)
+  for separate in (True, False):
+    assert np.array_equal(np.asarray(grad(separate_negatives=separate)),
+                          np.asarray(grad(separate_negatives=separate, neg_valid=np.ones(8, bool))))
+
+
+def test_masked_negatives_give_the_two_way_loss_of_the_batch_without_them():
+  image, pos, neg, valid = _batch_with_invalid()
+  _, masked = losses.clic_loss(image, pos, neg, 100.0, neg_valid=valid)
+  _, kept = losses.clic_loss(image[valid], pos[:, valid], neg[valid], 100.0)
+  _, unmasked = losses.clic_loss(image, pos, neg, 100.0)
+  np.testing.assert_allclose(float(masked["sneg_loss"]), float(kept["sneg_loss"]), rtol=1e-6)
+  assert abs(float(masked["sneg_loss"]) - float(unmasked["sneg_loss"])) > 1e-3
+  for i in range(1, 5):
+    assert float(masked[f"pos_over_neg/p{i}"]) == pytest.approx(float(kept[f"pos_over_neg/p{i}"]))
+  for name, value in _diagnostics_numpy(image, pos, neg, valid).items():
+    assert float(masked[name]) == pytest.approx(value, abs=1e-6), name
+  assert float(masked["negative_valid"]) == pytest.approx(5 / 8)
+  # The contrastive terms still use every sample (their positives are real).
+  assert float(masked["contrastive_loss"]) == float(unmasked["contrastive_loss"])
+
+
+@pytest.mark.parametrize("separate", [True, False])
+def test_invalid_negatives_change_nothing(separate):
+  """Whatever an invalid negative is (even the positive itself), loss, gradient and every metric
+  are the same, and no gradient reaches it."""
+  image, pos, neg, valid = _batch_with_invalid()
+  other = neg.copy()
+  other[~valid] = pos[0, ~valid]                        # the last resort: negative == p1
+  def run(n):
+    return losses.clic_loss(image, pos, n, 100.0, separate_negatives=separate, neg_valid=valid)
+  (loss_a, m_a), (loss_b, m_b) = run(neg), run(other)
+  assert float(loss_a) == pytest.approx(float(loss_b), rel=1e-6)
+  for name in m_a:
+    assert float(m_a[name]) == pytest.approx(float(m_b[name]), rel=1e-6, abs=1e-7), name
+  grad = jax.grad(lambda n: run(n)[0])(other)
+  assert np.all(np.asarray(grad)[~valid] == 0.0) and np.any(np.asarray(grad)[valid] != 0.0)
+  # Unmasked, the same swap does change the loss.
+  plain = lambda n: losses.clic_loss(image, pos, n, 100.0, separate_negatives=separate)[0]
+  assert abs(float(plain(neg)) - float(plain(other))) > 1e-3
+
+
+def test_unified_mask_removes_the_invalid_columns_from_every_row():
+  image, pos, neg, valid = _batch_with_invalid(num_sets=2)
+  scale = 20.0
+  loss, m = losses.clic_loss(image, pos, neg, scale, separate_negatives=False, neg_valid=valid,
+                             uni=0.0)
+  x = lambda v: np.asarray(v, np.float64)
+  i2t = []
+  correct = []
+  for i in range(pos.shape[0]):
+    for j in range(image.shape[0]):
+      row = list(scale * x(pos[i]) @ x(image[j])) + list(scale * x(neg[valid]) @ x(image[j]))
+      i2t.append(_cross_entropy(row, j))
+      correct.append(_first_argmax(row) == j)
+  np.testing.assert_allclose(float(m["img_to_txt_loss"]), np.mean(i2t), rtol=1e-5)
+  assert float(m["accuracy"]) == pytest.approx(100 * np.mean(correct))
+  # No valid negative at all: the i2t of the loss without negatives, finite gradients.
+  none_valid = np.zeros(8, bool)
+  _, alone = losses.clic_loss(image, pos, None, scale, separate_negatives=False, uni=0.0)
+  _, m0 = losses.clic_loss(image, pos, neg, scale, separate_negatives=False, neg_valid=none_valid,
+                           uni=0.0)
+  assert float(m0["img_to_txt_loss"]) == pytest.approx(float(alone["img_to_txt_loss"]), rel=1e-6)
+  g = jax.grad(lambda i, n: losses.clic_loss(i, pos, n, scale, separate_negatives=False,
+                                             neg_valid=none_valid)[0], argnums=(0, 1))(image, neg)
+  assert all(np.all(np.isfinite(np.asarray(v))) for v in g)
+
+
+def test_no_valid_negative_gives_zero_two_way_loss_and_full_negative_condition():
+  rng = np.random.default_rng(3)
+  image = _normalized(rng, 6, 8).astype(np.float32)
+  pos = np.stack([image + 0.1 * rng.standard_normal(image.shape) for _ in range(2)])
+  pos = (pos / np.linalg.norm(pos, axis=-1, keepdims=True)).astype(np.float32)
+  none_valid = np.zeros(6, bool)
+  # The negative is the image itself: it beats every positive, but it is marked invalid.
+  loss, m = losses.clic_loss(image, pos, image, 50.0, neg_valid=none_valid)
+  _, easy = losses.clic_loss(image, pos, -image, 50.0)
+  assert float(m["sneg_loss"]) == 0.0 and float(m["negative_valid"]) == 0.0
+  assert float(m["accuracy"]) == float(easy["accuracy"]) == 100.0
+  assert float(m["pos_over_neg/p1"]) == 0.0             # no valid sample to count
+  grads = jax.grad(lambda i, n: losses.clic_loss(i, pos, n, 50.0, neg_valid=none_valid)[0],
+                   argnums=(0, 1))(image, image)
+  assert all(np.all(np.isfinite(np.asarray(g))) for g in grads)
+  assert np.all(np.asarray(grads[1]) == 0.0)
+
+
+def test_minimal_sets_average_the_two_way_loss_over_p1_p2_only():
+  rng = np.random.default_rng(13)
+  batch, dim, scale = 6, 8, 30.0
+  image = _unit(rng.standard_normal((batch, dim)))
+  pos = _unit(rng.standard_normal((4, batch, dim)))
+  neg = _unit(rng.standard_normal((batch, dim)))
+  x = lambda v: np.asarray(v, np.float64)
+  two_way = np.array([[np.logaddexp(scale * x(image[j]) @ x(pos[i, j]),
+                                    scale * x(image[j]) @ x(neg[j])) - scale * x(image[j]) @ x(pos[i, j])
+                       for j in range(batch)] for i in range(4)])
+  loss_all, m_all = losses.clic_loss(image, pos, neg, scale)
+  loss_min, m_min = losses.clic_loss(image, pos, neg, scale, sneg_sets=2)
+  np.testing.assert_allclose(float(m_all["sneg_loss"]), two_way.mean(), rtol=1e-5)
+  np.testing.assert_allclose(float(m_min["sneg_loss"]), two_way[:2].mean(), rtol=1e-5)
+  assert abs(two_way[:2].mean() - two_way.mean()) > 1e-2   # the two forms differ on this batch
+  np.testing.assert_allclose(
+      float(loss_min), 0.5 * float(m_min["contrastive_loss"]) + 0.5 * two_way[:2].mean()
+      + float(m_min["uni_modal_loss"]), rtol=1e-5)
+  for name in m_all:                                    # accuracy and diagnostics: all sets still
+    if name not in ("sneg_loss", "loss"):
+      assert float(m_min[name]) == float(m_all[name]), name
+  # With a mask: the mean over p1, p2 of the valid samples only.
+  valid = np.array([True, False, True, True, True, False])
+  _, m_mask = losses.clic_loss(image, pos, neg, scale, sneg_sets=2, neg_valid=valid)
+  np.testing.assert_allclose(float(m_mask["sneg_loss"]), two_way[:2, valid].mean(), rtol=1e-5)
+  # Gradients reach only p1, p2 through the 2-way term: with cont = uni = 0, none reaches p3/p4.
+  grad = jax.grad(lambda p: losses.clic_loss(image, p, neg, scale, cont=0.0, uni=0.0,
+                                             sneg_sets=2)[0])(pos)
+  assert np.all(np.asarray(grad)[2:] == 0.0) and np.any(np.asarray(grad)[:2] != 0.0)
+
+
+def test_bad_sneg_sets_and_mask_are_named():
+  image, pos, neg, valid = _batch_with_invalid()
+  with pytest.raises(ValueError, match="separate_negatives=True"):
+    losses.clic_loss(image, pos, neg, 1.0, separate_negatives=False, sneg_sets=2)
+  for bad in (0, 5):
+    with pytest.raises(ValueError, match="sneg_sets"):
+      losses.clic_loss(image, pos, neg, 1.0, sneg_sets=bad)
+  with pytest.raises(TypeError, match="sneg_sets"):
+    losses.clic_loss(image, pos, neg, 1.0, sneg_sets="minimal")
+  with pytest.raises(ValueError, match="neg_valid"):
+    losses.clic_loss(image, pos, neg, 1.0, neg_valid=valid[:5])

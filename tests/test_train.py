@@ -136,7 +136,12 @@ def test_bad_configs_fail_before_compiling(tmp_path, caption_dataset):
            ({"evals": {"sugarcrep": {}}}, "Unknown benchmark 'sugarcrep'"),
            ({"evals": {"sugarcrepe": {"data_dir": str(tmp_path)}}}, "coco_dir"),
            ({"evals": {"retrieval/coco": {"annotation_file": str(tmp_path / "karpathy.json"),
-                                          "image_root": str(tmp_path)}}}, "does not exist")]
+                                          "image_root": str(tmp_path)}}}, "does not exist"),
+           ({"loss.hard_negative_sets": "p1p2"}, "hard_negative_sets='p1p2'"),
+           ({"loss.hard_negative_sets": "minimal", "loss.separate_negatives": False},
+            "needs config.loss.separate_negatives=True"),
+           ({"loss.hard_negative_sets": "minimal", "data.mode": "negclip"},
+            "does not apply to data.mode='negclip'")]
   for overrides, message in cases:
     with pytest.raises(trainer.ConfigError, match=message):
       trainer.train(tiny_config(csv_path, images, **overrides), tmp_path / "bad")
@@ -247,3 +252,78 @@ def test_training_with_text_length_buckets_matches_full_rows(tmp_path, caption_d
   with pytest.raises(trainer.ConfigError, match="text_length_buckets"):
     trainer.text_length_buckets(tiny_config(csv_path, images,
                                             **{"data.text_length_buckets": "32,long"}))
+
+
+def test_masked_step_on_eight_devices_and_the_mask_switch():
+  """batch["negative_valid"] reaches the loss (sharded over 8 devices like the rest of the batch):
+  all-True gives the unmasked step bit for bit, a partial mask changes the loss, and
+  mask_invalid_negatives=False ignores it."""
+  model, params = models.create_model("tiny", seed=6)
+  batch = synthetic_batch("clic")
+  valid = np.ones(16, bool)
+  partial = valid.copy()
+  partial[[1, 6, 11]] = False
+  sgd = optax.sgd(1e-2)
+  mesh = mesh_lib.make_mesh(1, jax.devices())
+  state = jax.device_put(step_lib.create_state(params, sgd, ()), mesh_lib.replicated(mesh))
+
+  def run(b, **weights):
+    fn = jax.jit(step_lib.make_train_step(model, sgd, "clic", step_lib.LossWeights(**weights)))
+    return jax.device_get(fn(state, mesh_lib.global_batch(mesh, b))[1])
+
+  plain = run(batch)
+  all_valid = run(dict(batch, negative_valid=valid))
+  masked = run(dict(batch, negative_valid=partial))
+  ignored = run(dict(batch, negative_valid=partial), mask_invalid_negatives=False)
+  for name in plain:
+    assert np.array_equal(plain[name], all_valid[name]), name
+  assert masked["negative_valid"] == pytest.approx(13 / 16) and plain["negative_valid"] == 1.0
+  assert masked["sneg_loss"] != plain["sneg_loss"]
+  assert masked["contrastive_loss"] == pytest.approx(plain["contrastive_loss"], rel=1e-6)
+  assert ignored["loss"] == plain["loss"] and ignored["negative_valid"] == 1.0
+  for i in range(1, 5):
+    assert 0.0 <= plain[f"pos_over_neg/p{i}"] <= 1.0
+    assert 0.0 <= plain[f"pos_over_neg_wrong_image/p{i}"] <= 1.0
+  minimal = run(batch, sneg_sets=2)
+  assert minimal["sneg_loss"] != plain["sneg_loss"]
+  assert minimal["contrastive_loss"] == plain["contrastive_loss"]
+
+
+def test_trainer_logs_hard_negative_diagnostics_and_runs_minimal_sets(tmp_path, caption_dataset,
+                                                                      monkeypatch):
+  csv_path, images = caption_dataset
+  real_global_batch = mesh_lib.global_batch
+  shipped = []
+
+  def recording(mesh, host_batch):
+    shipped.append(sorted(host_batch))
+    return real_global_batch(mesh, host_batch)
+
+  monkeypatch.setattr(mesh_lib, "global_batch", recording)
+  first = {}
+  for sets in ("all", "minimal"):
+    workdir = tmp_path / sets
+    trainer.train(tiny_config(csv_path, images, total_steps=2, checkpoint_every_steps=2,
+                              **{"loss.hard_negative_sets": sets}), workdir)
+    rows = read_metrics(workdir)
+    clic = [r for r in rows if "clic/loss" in r]
+    assert [r["step"] for r in clic] == [1]
+    for i in range(1, 5):
+      assert 0.0 <= clic[0][f"clic/pos_over_neg/p{i}"] <= 1.0
+      assert 0.0 <= clic[0][f"clic/pos_over_neg_wrong_image/p{i}"] <= 1.0
+    assert 0.0 < clic[0]["clic/negative_valid"] <= 1.0
+    assert all(np.isfinite(r["loss"]) for r in rows)
+    assert not any("pos_over_neg" in k for r in rows if "clic/loss" not in r for k in r)
+    first[sets] = clic[0]
+  # The mask travels with the CLIC batches only (CLIC first, then CLIP).
+  assert shipped[:2] == [["images", "negative_valid", "texts"], ["images", "texts"]]
+  # Same data and initialisation: step 1 differs only in the hard-negative term.
+  assert first["minimal"]["clic/contrastive_loss"] == first["all"]["clic/contrastive_loss"]
+  assert first["minimal"]["clic/sneg_loss"] != first["all"]["clic/sneg_loss"]
+  assert first["minimal"]["clic/pos_over_neg/p3"] == first["all"]["clic/pos_over_neg/p3"]
+  # mask_invalid_negatives=False: the reference's behaviour, nothing is shipped or masked.
+  shipped.clear()
+  trainer.train(tiny_config(csv_path, images, total_steps=1, checkpoint_every_steps=1,
+                            **{"loss.mask_invalid_negatives": False}), tmp_path / "unmasked")
+  assert shipped == [["images", "texts"]]
+  assert read_metrics(tmp_path / "unmasked")[0]["clic/negative_valid"] == 1.0

@@ -51,6 +51,10 @@ def default_config() -> ml_collections.ConfigDict:
   c.loss.sneg = 0.5
   c.loss.uni = 1.0
   c.loss.separate_negatives = True
+  c.loss.mask_invalid_negatives = True   # leave out negatives the pipeline marked invalid (no swap
+                                    # gave one unlike every positive); False: the reference (all)
+  c.loss.hard_negative_sets = "all"  # the separate 2-way term over all positive sets (the paper),
+                                    # or "minimal": over p1, p2 only (needs separate_negatives)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-6

@@ -34,10 +34,19 @@ class TrainState:
 
 @dataclasses.dataclass(frozen=True)
 class LossWeights:
+  """The loss options of a step (losses.clic_loss's arguments; the trainer maps config.loss here).
+
+  sneg_sets: the separate 2-way hard-negative term averages over the first k positive sets (2: the
+    minimal pairs p1, p2), None over all of them (the paper's form). CLIC steps only.
+  mask_invalid_negatives: use batch["negative_valid"] (when the batch has it) to leave out the
+    negatives the pipeline could not make unlike every positive (clic and negclip steps).
+  """
   cont: float = 0.5
   sneg: float = 0.5
   uni: float = 1.0
   separate_negatives: bool = True
+  sneg_sets: int | None = None
+  mask_invalid_negatives: bool = True
 
 
 def create_state(params, tx: optax.GradientTransformation, freeze) -> TrainState:
@@ -68,16 +77,21 @@ def _embed(model, params, batch, separate_text_calls: bool = False):
 
 
 def loss_for_kind(kind: str, weights: LossWeights) -> Callable:
-  """(image (B,D), texts (K,B,D), scale) -> (loss, metrics) for a step kind."""
+  """(image (B,D), texts (K,B,D), scale, neg_valid (B,) or None) -> (loss, metrics) for a step kind.
+
+  neg_valid is ignored by CLIP steps (they have no negatives).
+  """
   if kind == "clip":
-    return lambda img, txt, scale: losses.clip_loss(img, txt[0], scale)
+    return lambda img, txt, scale, neg_valid=None: losses.clip_loss(img, txt[0], scale)
   if kind == "clic":
-    return lambda img, txt, scale: losses.clic_loss(
+    return lambda img, txt, scale, neg_valid=None: losses.clic_loss(
         img, txt[:-1], txt[-1], scale, cont=weights.cont, sneg=weights.sneg, uni=weights.uni,
-        separate_negatives=weights.separate_negatives)
+        separate_negatives=weights.separate_negatives, neg_valid=neg_valid,
+        sneg_sets=weights.sneg_sets)
   if kind == "negclip":    # D10: one positive, negatives inside the contrastive softmax (C4)
-    return lambda img, txt, scale: losses.clic_loss(
-        img, txt[:1], txt[1], scale, cont=1.0, sneg=0.0, uni=0.0, separate_negatives=False)
+    return lambda img, txt, scale, neg_valid=None: losses.clic_loss(
+        img, txt[:1], txt[1], scale, cont=1.0, sneg=0.0, uni=0.0, separate_negatives=False,
+        neg_valid=neg_valid)
   raise ValueError(f"unknown step kind {kind!r}")
 
 
@@ -91,8 +105,11 @@ def make_train_step(model, tx: optax.GradientTransformation, kind: str, weights:
   then ships 4x fewer bytes and skips the float conversion); None expects normalized floats.
   A step whose loss or gradient is not finite leaves the state unchanged and reports
   `nonfinite=1`; the loop then stops the run, so no checkpoint ever holds NaNs.
+  A batch may carry "negative_valid" (B,) (bool, or numbers with nonzero = valid); clic and
+  negclip steps mask the invalid negatives with it unless weights.mask_invalid_negatives is False.
   """
   compute_loss = loss_for_kind(kind, weights)
+  use_mask = weights.mask_invalid_negatives and kind in ("clic", "negclip")
 
   def loss_fn(trainable, frozen, batch):
     params = opt_lib.merge(trainable, frozen)
@@ -100,7 +117,8 @@ def make_train_step(model, tx: optax.GradientTransformation, kind: str, weights:
       scale, offset = (jnp.asarray(v, jnp.float32) for v in image_norm)
       batch = dict(batch, images=batch["images"].astype(jnp.float32) * scale + offset)
     img, txt = _embed(model, params, batch, separate_text_calls)
-    return compute_loss(img, txt, jnp.exp(params["logit_scale"].astype(jnp.float32)))
+    neg_valid = batch.get("negative_valid") if use_mask else None
+    return compute_loss(img, txt, jnp.exp(params["logit_scale"].astype(jnp.float32)), neg_valid)
 
   def step(state: TrainState, batch):
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(

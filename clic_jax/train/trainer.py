@@ -171,6 +171,10 @@ def check_config(config) -> None:
     raise ConfigError(f"config.init_from={init!r}: no such file (use a weights file, a pretrained "
                       "tag such as 'openai', or 'hf-hub:org/repo').")
   compute_dtype(config.model.dtype)
+  hard_negative_sets(config)
+  if not isinstance(config.loss.get("mask_invalid_negatives", True), bool):
+    raise ConfigError(f"config.loss.mask_invalid_negatives="
+                      f"{config.loss.mask_invalid_negatives!r}: use True or False")
   if config.get("evals"):
     from clic_jax.evaluate import check_arguments
     for name, kwargs in config.evals.items():
@@ -185,10 +189,34 @@ def freeze_patterns(config) -> tuple[str, ...]:
   return tuple(p for p in config.freeze if p)
 
 
+# loss.hard_negative_sets -> how many leading positive sets the separate 2-way term averages over.
+_HARD_NEGATIVE_SETS = {"all": None, "minimal": 2}   # minimal: p1, p2 (same words as the negative)
+
+
+def hard_negative_sets(config) -> int | None:
+  """config.loss.hard_negative_sets ("all" or "minimal") as losses.clic_loss's `sneg_sets`."""
+  value = config.loss.get("hard_negative_sets", "all")
+  if value not in _HARD_NEGATIVE_SETS:
+    raise ConfigError(f"config.loss.hard_negative_sets={value!r}: use one of "
+                      f"{tuple(_HARD_NEGATIVE_SETS)}")
+  sets = _HARD_NEGATIVE_SETS[value]
+  if sets is not None and not config.loss.separate_negatives:
+    raise ConfigError(f"config.loss.hard_negative_sets={value!r} needs "
+                      "config.loss.separate_negatives=True: the unified variant has no separate "
+                      "hard-negative term to restrict.")
+  if sets is not None and config.data.mode == "negclip":
+    raise ConfigError(f"config.loss.hard_negative_sets={value!r} does not apply to "
+                      "data.mode='negclip': its steps use the unified loss (one positive, no "
+                      "separate hard-negative term).")
+  return sets
+
+
 def loss_weights(config) -> step_lib.LossWeights:
   uni = 0.0 if config.data.mode == "baseline" else config.loss.uni   # D11: no uni-modal loss
-  return step_lib.LossWeights(cont=config.loss.cont, sneg=config.loss.sneg, uni=uni,
-                              separate_negatives=config.loss.separate_negatives)
+  return step_lib.LossWeights(
+      cont=config.loss.cont, sneg=config.loss.sneg, uni=uni,
+      separate_negatives=config.loss.separate_negatives, sneg_sets=hard_negative_sets(config),
+      mask_invalid_negatives=config.loss.get("mask_invalid_negatives", True))
 
 
 def initial_params(config, cfg: models.ClipConfig):
@@ -390,7 +418,10 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
         texts = texts[..., :length]
         pipeline_counts[f"text_length_{length}"] += 1
         pipeline_counts["text_length_raised"] += int(length > own)   # agreed above this host's
-      device_batch = mesh_lib.global_batch(mesh, {"images": host_batch["images"], "texts": texts})
+      arrays = {"images": host_batch["images"], "texts": texts}
+      if weights.mask_invalid_negatives and "negative_valid" in host_batch:   # clic/negclip steps
+        arrays["negative_valid"] = host_batch["negative_valid"]
+      device_batch = mesh_lib.global_batch(mesh, arrays)
       on_device_norm = host_batch["image_norm"] if host_batch["images"].dtype == np.uint8 else None
       state, metrics = step_fn(kind, on_device_norm)(state, device_batch)
       if sync_each_step:
