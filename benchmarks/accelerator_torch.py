@@ -2,9 +2,9 @@
 
   python -m benchmarks.accelerator_torch --models=ViT-B-16,ViT-L-14 --batch=200 --json=torch.json
 
-What the reference code runs (CLIC_SPEC D2-D3): open_clip's model, eager PyTorch, the forward under
-bf16 autocast (fp32 master weights), vision tower frozen (no_grad), the 5*B captions in one
-encode_text call, the CLIC loss, torch AdamW, logit_scale clamped. The step is
+What the reference code runs (docs/method.md, "Freezing and optimizer"): open_clip's model, eager
+PyTorch, the forward under bf16 autocast (fp32 master weights), vision tower frozen (no_grad), the
+5*B captions in one encode_text call, the CLIC loss, torch AdamW, logit_scale clamped. The step is
 `benchmarks.train_step.TorchStep`, the one the CPU comparison checks against clic_jax's loss.
 
 Run it in its own process, not beside JAX: JAX reserves most of the GPU's memory when it starts.

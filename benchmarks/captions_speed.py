@@ -4,8 +4,9 @@
 
 Tags are precomputed (as `prepare` stores them), so this times what the input pipeline does per
 sample: sampling extra sentences, building p1..p4, choosing and validating the swap. The tokenizer
-column includes the validity check against the positives after tokenization (H6). The image side
-costs about 10 ms per sample (decode + resize of two images), so the target is well under 1 ms.
+column includes the validity check against the positives after tokenization (docs/method.md,
+"Hard negative"). The image side costs about 10 ms per sample (decode + resize of two images), so
+the target is well under 1 ms.
 """
 from __future__ import annotations
 

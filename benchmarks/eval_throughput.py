@@ -3,7 +3,8 @@
 Both paths embed the same generated image files (decode + open_clip preprocessing included) and the
 same captions (tokenization included) in the same process. Compile time is measured separately
 and excluded from the rates. The one-at-a-time loop is how the reference scripts evaluate
-(E0: one example per forward pass); it uses the same jitted encoder at batch size 1.
+(one example per forward pass; docs/method.md, "Image preprocessing for evaluation"); it uses the
+same jitted encoder at batch size 1.
 
   python -m benchmarks.eval_throughput --model=tiny --images=256 --captions=1024 --json=out.json
   python -m benchmarks.eval_throughput --model=ViT-B-32 --images=512 --captions=2048 \

@@ -68,7 +68,7 @@ import dataclasses
 
 from clic_jax.models import ClipConfig, get_model_config
 
-NUM_POSITIVES = 4   # p1..p4 (CLIC_SPEC C2); plus one hard negative per image
+NUM_POSITIVES = 4   # p1..p4 (docs/method.md, "Caption variants"); plus one hard negative per image
 OPTIMIZER_FLOPS_PER_PARAM = 27
 
 

@@ -7,9 +7,9 @@ Both sides do the same work from the same weights on the same batch (fp32, CPU):
   clic_jax with `clic_jax.load_open_clip(name, state_dict_as_numpy)`;
 - CLIC step: B images through the frozen vision tower (forward only: torch.no_grad / the frozen half
   of clic_jax's TrainState), the 5*B captions [p1 | p2 | p3 | p4 | neg] in one encode_text call, the
-  CLIC loss with separate negatives and the uni-modal term (CLIC_SPEC C2-C3; weights 0.5/0.5/1.0),
-  backward through the text tower and logit_scale, AdamW (betas 0.9/0.98, eps 1e-8, weight decay
-  0.1 on trainable matrices only), logit_scale clamped to [0, ln 100];
+  CLIC loss with separate negatives and the uni-modal term (docs/method.md, "Total loss"; weights
+  0.5/0.5/1.0), backward through the text tower and logit_scale, AdamW (betas 0.9/0.98, eps 1e-8,
+  weight decay 0.1 on trainable matrices only), logit_scale clamped to [0, ln 100];
 - CLIP step: the same with one caption per image and the symmetric CLIP loss.
 The first step's losses of the two frameworks are printed and compared (they start from the same
 weights), so the timing compares equal computations.
@@ -94,7 +94,7 @@ def flat_texts(texts: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------------
-# PyTorch side: open_clip model, the CLIC loss from CLIC_SPEC C2-C3, torch AdamW.
+# PyTorch side: open_clip model, the CLIC loss (docs/method.md, "Total loss"), torch AdamW.
 
 
 def torch_model(name: str, seed: int = 0, context_length: int | None = None):
@@ -121,7 +121,7 @@ def load_for_rows(model, state_dict: dict) -> None:
 
 
 def torch_clic_loss(img, txt, scale, batch_size: int):
-  """CLIC loss, separate negatives + uni-modal term, from CLIC_SPEC C2-C3.
+  """CLIC loss, separate negatives + uni-modal term (docs/method.md, "Total loss").
 
   img (B, D) and txt ((P+1)*B, D) L2-normalized, txt = [p1; p2; p3; p4; neg].
   """
@@ -154,7 +154,9 @@ def torch_clip_loss(img, txt, scale):
 
 
 class TorchStep:
-  """One open_clip training step with the reference's optimizer and freezing (CLIC_SPEC D2-D3).
+  """One open_clip training step with the reference's optimizer and freezing.
+
+  See docs/method.md, "Freezing and optimizer".
 
   `amp_dtype` (e.g. torch.bfloat16) runs the forward under autocast, as the reference trains on
   GPUs; None is plain fp32 (the CPU comparison).

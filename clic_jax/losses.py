@@ -2,12 +2,12 @@
 
 Every function here is pure, jit-friendly (no Python branching on array values) and does its math in
 float32 whatever the dtype of its inputs, so a bf16 forward pass still gets fp32 logits and losses
-(CLIC_SPEC C7, H10).
+(docs/method.md, "Precision").
 
 Why the global batch: the reference averages each GPU's loss over its local anchors and DDP averages
-the gradients, which is exactly the gradient of one loss over all W*B anchors (CLIC_SPEC B5). Writing
-the loss on the global arrays lets XLA shard it however the mesh says, and one device with global
-batch B gives the reference's multi-GPU number (H12).
+the gradients, which is exactly the gradient of one loss over all W*B anchors (docs/method.md,
+"Embeddings and the global batch"). Writing the loss on the global arrays lets XLA shard it however
+the mesh says, and one device with global batch B gives the reference's multi-GPU number.
 
 Notation: B images, D embedding dims, P positive caption sets [p1, p2, p3, p4, ...], s the logit
 scale multiplier exp(logit_scale). All embeddings passed in are already L2-normalized.
@@ -20,8 +20,9 @@ both losses (so CLIP and CLIC steps log the same columns):
   txt_to_img_loss   text -> image cross-entropy, averaged over positive sets
   sneg_loss         the separate 2-way hard-negative loss, before its weight (0 when absent)
   uni_modal_loss    mean_b sum_d (p1 - p2)^2, before its weight (0 when not computed)
-  accuracy          percent of anchors ranked correctly (CLIC_SPEC C5)
-Each term is its own array, never an in-place alias of the total (the reference's F26 logging bug).
+  accuracy          percent of anchors ranked correctly (docs/method.md, "Accuracy")
+Each term is its own array, never an in-place alias of the total (the reference's logging bug;
+docs/method.md, "Total loss").
 `clic_loss` with negatives adds hard-negative diagnostics (`hard_negative_metric_names`):
   pos_over_neg/p{i}              fraction of samples j with <I_j, p_ij> > <I_j, n_j>
   pos_over_neg_wrong_image/p{i}  the same with another sample's image I_{(j+1) mod B}; a text-only
@@ -65,7 +66,8 @@ def l2_normalize(x, eps: float = 1e-12, axis: int = -1):
 def mean_cosine(image_emb, text_emb):
   """Mean cosine similarity between row-aligned image and text embeddings (need not be normalized).
 
-  The reference logs this (detached) between the images and the first B text rows (CLIC_SPEC B4).
+  The reference logs this (detached) between the images and the first B text rows
+  (docs/method.md, "Embeddings and the global batch").
   """
   image = l2_normalize(image_emb)
   text = l2_normalize(text_emb)
@@ -162,7 +164,7 @@ def _is_static_zero(weight) -> bool:
 
 
 def clip_loss(image_emb, text_emb, scale):
-  """Standard symmetric CLIP loss over the global batch (CLIC_SPEC C1).
+  """Standard symmetric CLIP loss over the global batch (docs/method.md, "CLIP loss").
 
   Args:
     image_emb: (B, D) L2-normalized image embeddings.
@@ -190,7 +192,10 @@ def clip_loss(image_emb, text_emb, scale):
 
 
 def uni_modal_loss(p1, p2):
-  """mean over the batch of sum_d (p1 - p2)^2 (CLIC_SPEC C3; summed, not averaged, over D)."""
+  """mean over the batch of sum_d (p1 - p2)^2: summed, not averaged, over D.
+
+  See docs/method.md, "Uni-modal loss".
+  """
   p1 = jnp.asarray(p1, jnp.float32)
   p2 = jnp.asarray(p2, jnp.float32)
   return jnp.mean(jnp.sum(jnp.square(p1 - p2), axis=-1))
@@ -209,17 +214,16 @@ def clic_loss(image_emb, pos_emb, neg_emb, scale, cont=0.5, sneg=0.5, uni=1.0,
     cont, sneg, uni: weights of the contrastive, separate hard-negative and uni-modal terms. They may
       be Python floats or traced scalars. A Python 0 for `uni` (or P == 1) skips the uni-modal term.
     separate_negatives: must be a Python bool (static under jit).
-      True (the CLIC default, CLIC_SPEC C2 + C3): for set i the image->text CE runs over the B
-        captions of set i only (negatives excluded), text->image over the B images; the hard
-        negative enters through a 2-way CE on [s<I_j, p_ij>, s<I_j, n_j>] with target 0. Each term is
-        averaged over the P sets, and
+      True (the CLIC default; docs/method.md, "Multi-positive contrastive loss", "Uni-modal loss"):
+        for set i the image->text CE runs over the B captions of set i only (negatives excluded),
+        text->image over the B images; the hard negative enters through a 2-way CE on
+        [s<I_j, p_ij>, s<I_j, n_j>] with target 0. Each term is averaged over the P sets, and
           loss = cont * (i2t + t2i) / 2 + sneg * L_sneg + uni * L_uni.
-      False (the unified variant used by NegCLIP, CLIC_SPEC C4): for set i the image->text CE runs
-        over the B captions of set i plus all B negatives (2B columns); text->image as above; there
-        is no 2-way term, and like the reference
+      False (the unified variant used by NegCLIP; docs/method.md, "Unified variant"): for set i the
+        image->text CE runs over the B captions of set i plus all B negatives (2B columns);
+        text->image as above; there is no 2-way term, and like the reference
           loss = (i2t + t2i) / 2 + uni * L_uni,
-        i.e. `cont` and `sneg` are NOT applied in this variant (CLIC_SPEC F9); pass them anyway, they
-        are ignored.
+        i.e. `cont` and `sneg` are NOT applied in this variant; pass them anyway, they are ignored.
 
     neg_valid: None (every negative is used, like the reference) or (B,) bool (or numbers, nonzero =
       valid): False marks a sample whose negative is not a real hard negative (the pipeline's
@@ -232,15 +236,16 @@ def clic_loss(image_emb, pos_emb, neg_emb, scale, cont=0.5, sneg=0.5, uni=1.0,
       the first k sets only (2: the minimal pairs p1, p2, the positives that hold the same words as
       the negative). Needs separate_negatives=True. The diagnostics and accuracy still use all sets.
 
-  The uni-modal term is mean_b sum_d (p1 - p2)^2 on the first two sets (CLIC_SPEC C3). The
-  single-image baseline (CLIC_SPEC D11) is this function with uni=0.
+  The uni-modal term is mean_b sum_d (p1 - p2)^2 on the first two sets (docs/method.md, "Uni-modal
+  loss"). The single-image baseline (docs/method.md, "Training variants") is this function with
+  uni=0.
 
   Returns:
-    (loss, metrics); accuracy (C5) is, per set, the percent of images whose i2t argmax is their own
-    caption and (separate variant, with negatives) whose positive scores >= their negative (a tie
-    counts as correct, like argmax picking index 0); in the unified variant, the argmax over the
-    combined 2B columns must be the own caption. It is averaged over the P sets. With negatives the
-    metrics also hold `hard_negative_metric_names(P)` (see the module docstring).
+    (loss, metrics); accuracy (docs/method.md, "Accuracy") is, per set, the percent of images whose
+    i2t argmax is their own caption and (separate variant, with negatives) whose positive scores >=
+    their negative (a tie counts as correct, like argmax picking index 0); in the unified variant,
+    the argmax over the combined 2B columns must be the own caption. It is averaged over the P sets.
+    With negatives the metrics also hold `hard_negative_metric_names(P)` (see the module docstring).
   """
   if not isinstance(separate_negatives, bool):
     raise TypeError("separate_negatives must be a Python bool (mark it static under jax.jit), got "
@@ -308,7 +313,8 @@ def clic_loss(image_emb, pos_emb, neg_emb, scale, cont=0.5, sneg=0.5, uni=1.0,
   if separate_negatives:
     total = cont * contrastive + sneg * sneg_loss + uni * uni_loss
   else:
-    total = contrastive + uni * uni_loss  # the reference applies no cont/sneg here (F9)
+    # The reference applies no cont/sneg here (docs/method.md, "Unified variant").
+    total = contrastive + uni * uni_loss
   total = jnp.asarray(total, jnp.float32)
   accuracy = 100.0 * jnp.mean(correct.astype(jnp.float32))
   metrics = _metrics(loss=total, contrastive=contrastive, i2t=i2t, t2i=t2i, sneg=sneg_loss,

@@ -1,4 +1,4 @@
-"""Caption variants and hard negatives (spec A8-A10, decisions H6-H8, H11)."""
+"""Caption variants and hard negatives (docs/method.md, "Samples")."""
 from __future__ import annotations
 
 import numpy as np
@@ -296,7 +296,7 @@ def test_bad_caption_counters():
 
 
 # ---------------------------------------------------------------------------------------------------
-# Single-caption negatives: NegCLIP (D10) and the baseline (D11)
+# Single-caption negatives: NegCLIP and the baseline (docs/method.md, "Single-caption negative")
 
 
 def test_single_caption_negative_same_pos_first():

@@ -52,7 +52,8 @@ def test_decode_modes_and_bad_files(tmp_path):
     img = images.decode_rgb(str(path))
     assert img.mode == "RGB" and img.size == (64, 48), name
   rgba = np.asarray(images.decode_rgb(str(good["rgba.png"])))
-  assert rgba[:, 40:].max() == 0           # fully transparent -> black (A5)
+  # Fully transparent -> black (docs/method.md, "Image decoding").
+  assert rgba[:, 40:].max() == 0
   assert tuple(rgba[0, 0]) == (10, 200, 10)
   i16 = np.asarray(images.decode_rgb(str(good["i16.png"])))
   assert abs(int(i16[0, 0, 0]) - round(40000 / 257)) <= 1  # rescaled, not clipped to 255
@@ -121,7 +122,8 @@ def test_csv_source_counts_every_bad_row(tmp_path):
   src = sources.CsvSource(path, str(root))
   assert len(src) == 8 - 1  # doc.txt dropped at parse time; too-few-columns too; others indexed
   rec = src[0]
-  assert rec["sentences"] == ["a dog on grass", "extra one", "extra two"]  # lowercased (A1)
+  # Lowercased (docs/method.md, "Dataset format").
+  assert rec["sentences"] == ["a dog on grass", "extra one", "extra two"]
   assert rec["aspect"] == "wider" and rec["image"] == str(root / "a.jpg")
   assert src[1]["aspect"] == "higher" and src[2]["image"] == str(tmp_path / "abs.jpg")
   report = src.report

@@ -4,7 +4,8 @@ The NumPy reference mirrors the PyTorch code's structure rather than ours: W ran
 images and their texts in blocks [p1 | p2 | ... | pP | neg], all texts are "gathered", columns are
 picked by index modulo the per-rank text count, labels are rank * B_local + j, each rank averages over
 its own anchors and the ranks are averaged (DDP). Log-sum-exp is written by hand, in float64. Equality
-with the global-batch JAX loss for W = 1 and W = 2 is the B5 equivalence the design relies on.
+with the global-batch JAX loss for W = 1 and W = 2 is the equivalence the design relies on
+(docs/method.md, "Embeddings and the global batch").
 """
 
 from __future__ import annotations
@@ -42,7 +43,10 @@ def _first_argmax(row):
 
 
 def reference_clip(image, text, scale, world=1):
-  """C1 on `world` ranks: returns dict of loss terms, averaged over ranks."""
+  """The CLIP loss on `world` ranks: returns dict of loss terms, averaged over ranks.
+
+  See docs/method.md, "CLIP loss".
+  """
   image, text = np.asarray(image, np.float64), np.asarray(text, np.float64)
   local = image.shape[0] // world
   per_rank = []
@@ -62,7 +66,10 @@ def reference_clip(image, text, scale, world=1):
 
 
 def reference_clic(image, pos, neg, scale, cont, sneg, uni, separate, world=1):
-  """C2-C5 exactly as the reference computes them on `world` ranks."""
+  """The CLIC loss terms and accuracy exactly as the reference computes them on `world` ranks.
+
+  See docs/method.md, "Losses".
+  """
   image = np.asarray(image, np.float64)
   num_sets, batch, _ = pos.shape
   local = batch // world
@@ -237,7 +244,8 @@ def test_uni_modal_term():
   np.testing.assert_allclose(float(on["uni_modal_loss"]), want, rtol=1e-6)
   assert float(off["uni_modal_loss"]) == 0.0
   np.testing.assert_allclose(float(loss_on) - float(loss_off), want, rtol=1e-5)
-  # Logged terms are separate from the total (F26): the total includes uni, contrastive does not.
+  # Logged terms are separate from the total (docs/method.md, "Total loss"): the total includes uni,
+  # contrastive does not.
   assert float(on["contrastive_loss"]) == pytest.approx(float(off["contrastive_loss"]))
   assert float(on["loss"]) != pytest.approx(float(on["contrastive_loss"]))
 

@@ -24,7 +24,7 @@ def tiny_params():
 
 
 def _expected_lr(step, total, lr, lr_start, lr_end, fraction):
-  """The H5 formula, written out independently."""
+  """The schedule formula (docs/method.md, "Schedule"), written out independently."""
   warmup = int(fraction * total)
   if step < warmup:
     return float(np.linspace(lr_start, lr, warmup)[step])
@@ -271,7 +271,7 @@ def test_clamp_logit_scale():
   assert opt.clamp_logit_scale({"a": jnp.asarray(9.0)})["a"] == 9.0  # frozen logit_scale: no-op
 
 
-def test_step_pattern_and_kind():
+def test_step_pattern():
   assert opt.step_pattern(1) == ("clic", "clip")
   assert opt.step_pattern(1.0) == ("clic", "clip")
   assert opt.step_pattern(3) == ("clip", "clic", "clic", "clic")
@@ -279,14 +279,6 @@ def test_step_pattern_and_kind():
   assert opt.step_pattern(0.5) == ("clic", "clip", "clip")
   assert opt.step_pattern(0.25) == ("clic",) + ("clip",) * 4
   assert opt.step_pattern(1, alternate_with_clip=False) == ("clic",)
-  pattern = opt.step_pattern(1)
-  assert [opt.step_kind(t, pattern) for t in range(5)] == ["clic", "clip", "clic", "clip", "clic"]
-  assert opt.step_kind(np.int64(7), opt.step_pattern(3)) == "clic"
-  assert opt.step_kind(4, opt.step_pattern(3)) == "clip"
   for bad in (0, -1, float("nan"), float("inf"), "1", True):
     with pytest.raises(ValueError, match="hard_negative_freq"):
       opt.step_pattern(bad)
-  with pytest.raises(ValueError, match="step"):
-    opt.step_kind(-1, pattern)
-  with pytest.raises(ValueError, match="pattern"):
-    opt.step_kind(0, ("clic", "other"))

@@ -75,7 +75,7 @@ def test_batches_shapes_dtypes_and_alternation(data):
       assert "negative_valid" not in b
     assert all(v.dtype == np.int64 and v.shape == () for v in b["stats"].values())
     assert int(b["stats"]["resampled/missing_image"]) == 0
-  # CLIP step: the raw first sentence, no period added (A10).
+  # CLIP step: the raw first sentence, no period added (docs/method.md, "Caption variants").
   clip_text = tokenizer.decode(batches[1]["texts"][0, 0], skip_special=True).strip()
   assert clip_text in {_caption(i) for i in range(24)}
 
@@ -202,7 +202,8 @@ def test_bad_inputs_are_counted_and_never_stop(tmp_path):
       totals[k] = totals.get(k, 0) + int(v)
   assert totals["resampled/truncated_image"] + totals["partner_resampled/truncated_image"] > 0
   assert totals["text_truncated"] > 0
-  assert totals["caption/no_extra_sentences"] > 0  # rows without extra sentences reuse c1 (H8)
+  # Rows without extra sentences reuse c1 (docs/method.md, "Caption variants").
+  assert totals["caption/no_extra_sentences"] > 0
   # Every unusual-but-valid image decodes through the pipeline.
   builder = pipeline.SampleBuilder(source, pipeline.PartnerIndex.from_aspects(source.aspects),
                                    config)
@@ -245,7 +246,8 @@ def test_negclip_and_baseline_modes(data):
   base = _take(pipeline.make_train_iterator(_config(*data, mode="baseline")), 2)
   assert [b["kind"] for b in base] == ["clic", "clip"]
   assert base[0]["texts"].shape == (4, 5, 77)
-  np.testing.assert_array_equal(base[0]["texts"][:, 0], base[0]["texts"][:, 1])  # p2 = p1 (D11)
+  # p2 = p1 (docs/method.md, "Training variants").
+  np.testing.assert_array_equal(base[0]["texts"][:, 0], base[0]["texts"][:, 1])
   with pytest.raises(ValueError, match="mode"):
     _config(*data, mode="other")
 

@@ -1,4 +1,7 @@
-"""Long caption -> sentences, like the reference's assets/create_dataset.py (spec A2)."""
+"""Long caption -> sentences, like the reference's assets/create_dataset.py.
+
+See docs/method.md, "Sentence splitting".
+"""
 from __future__ import annotations
 
 from clic_jax.data import sentences

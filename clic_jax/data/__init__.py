@@ -4,9 +4,10 @@ One sample's path: sources (a record) -> pipeline (partner, view for the step ki
 (decode, resize, concatenate) + captions (variants, hard negative) -> tokenizer -> batch.
 
 Text side (no heavy imports, usable without jax):
-  sentences    long caption -> filtered sentences, like the reference's dataset script (spec A2)
+  sentences    long caption -> filtered sentences, like the reference's dataset script
+               (docs/method.md, "Sentence splitting")
   pos_tagging  coarse Universal POS tags: spaCy when a pipeline is installed, else an offline lexicon
-  captions     caption variants p1..pK and hard negatives (spec A8-A9, decisions H6-H8, H11)
+  captions     caption variants p1..pK and hard negatives (docs/method.md, "Samples")
 Image and record side:
   sources      reference CSV, prepared ArrayRecord shards, TFDS ArrayRecord datasets
   images       decoding (odd modes, truncated files), half-image resize, concatenation, CLIP view

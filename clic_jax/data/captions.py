@@ -1,15 +1,21 @@
-"""Caption variants and hard negatives for one training sample (spec A8-A10, decisions H6-H8, H11).
+"""Caption variants and hard negatives for one training sample.
+
+See docs/method.md, "Samples", and "Where clic_jax differs from the authors' code" for the
+guarantees the reference lacks.
 
 Pure functions: all randomness comes from the `np.random.Generator` passed in, and every set is
-sorted before anything is sampled from it, so a sample is a function of (seed, inputs) only (H11).
+sorted before anything is sampled from it, so a sample is a function of (seed, inputs) only
+(docs/method.md, "Determinism").
 Nothing here raises on bad captions (empty, punctuation only, one word, non-English, longer than 77
 tokens): each call returns a usable result plus counters that say which fallback was taken.
 
-Texts are used exactly as given: the CSV reader lowercases them (spec A1) and the POS tags must have
-been computed on the same text, because the word swap is case-sensitive like the reference's.
+Texts are used exactly as given: the CSV reader lowercases them (docs/method.md, "Dataset format")
+and the POS tags must have been computed on the same text, because the word swap is case-sensitive
+like the reference's.
 
 Counters (each 0/1 per call; the pipeline sums them into its stats):
-  no_extra_sentences     a record had no extra sentence; its first sentence was reused (H8)
+  no_extra_sentences     a record had no extra sentence; its first sentence was reused
+                         (docs/method.md, "Caption variants")
   caption_without_words  a first sentence was empty or had no word characters
   cross_pos_fallback     the two captions share no swappable part of speech; two different words of
                          any kind (never punctuation) were swapped, like the reference's fallback
@@ -31,10 +37,12 @@ import numpy as np
 
 from clic_jax.data import pos_tagging
 
-# Tags never chosen for a same-POS swap: the reference's list (A9) plus SPACE (H6, spec F12).
+# Tags never chosen for a same-POS swap: the reference's list plus SPACE
+# (docs/method.md, "Hard negative").
 EXCLUDED_POS = frozenset({"AUX", "DET", "INTJ", "PART", "PUNCT", "SYM", "X", "SCONJ", "CCONJ",
                           "SPACE"})
-# Tokens never swapped at all, not even in the fallbacks (H6: never punctuation or whitespace).
+# Tokens never swapped at all, not even in the fallbacks: never punctuation or whitespace
+# (docs/method.md, "Hard negative").
 NON_WORD_POS = frozenset({"PUNCT", "SYM", "SPACE"})
 DEFAULT_MAX_TRIES = 8
 
@@ -56,7 +64,10 @@ _HAS_WORD_CHAR = re.compile(r"\w")
 
 @dataclasses.dataclass
 class CaptionSet:
-  """The texts of one sample. positives[0] is p1; `single_caption` is the raw first sentence (A10)."""
+  """The texts of one sample. positives[0] is p1; `single_caption` is the raw first sentence.
+
+  See docs/method.md, "Caption variants".
+  """
   positives: list[str]
   negative: str
   single_caption: str
@@ -69,7 +80,9 @@ class CaptionSet:
 
 
 def concat_texts(texts: Sequence[str]) -> str:
-  """A8: strip trailing whitespace, end each text with ".", join with one space.
+  """Strip trailing whitespace, end each text with ".", join with one space.
+
+  The joining rule of docs/method.md, "Caption variants".
 
   Unlike the reference, empty (or non-string) texts are skipped instead of raising IndexError.
   """
@@ -83,10 +96,12 @@ def concat_texts(texts: Sequence[str]) -> str:
 
 def sample_extra_sentences(rng: np.random.Generator, extras: Sequence[str], k: int,
                            fallback: str) -> tuple[list[str], str | None]:
-  """A9 `get_captions`: k extra sentences of one image, and a counter name or None.
+  """The reference's `get_captions`: k extra sentences of one image, and a counter name or None.
+
+  See docs/method.md, "Caption variants".
 
   n >= k: k distinct ones in random order. 0 < n < k: all n in CSV order, then k - n drawn with
-  replacement. n == 0: `fallback` (the first sentence) k times and "no_extra_sentences" (H8); the
+  replacement. n == 0: `fallback` (the first sentence) k times and "no_extra_sentences"; the
   reference crashes there. Blank extras do not count.
   """
   if k <= 0:
@@ -134,7 +149,10 @@ def _clean_word(token: str) -> str | None:
 
 
 def _words_by_pos(tags: pos_tagging.Tagged, excluded: frozenset[str]) -> dict[str, list[str]]:
-  """POS -> sorted distinct swappable words (sorted: sampling must not depend on set order, H11)."""
+  """POS -> sorted distinct swappable words.
+
+  Sorted: sampling must not depend on set order (docs/method.md, "Determinism").
+  """
   by_pos: dict[str, set[str]] = {}
   for token, pos in tags:
     word = _clean_word(token) if isinstance(token, str) else None
@@ -183,7 +201,10 @@ def _sample_pairs(rng: np.random.Generator, groups: list[WordGroup],
 
 
 def _cross_groups(tags1, tags2) -> list[WordGroup]:
-  """A9 steps 2-3: per shared POS (minus exclusions), the words of each caption minus shared words."""
+  """Per shared POS (minus exclusions), the words of each caption minus shared words.
+
+  Steps 2-3 of docs/method.md, "Hard negative".
+  """
   words1 = _words_by_pos(tags1, EXCLUDED_POS)
   words2 = _words_by_pos(tags2, EXCLUDED_POS)
   groups = []
@@ -213,7 +234,8 @@ def _within_groups(tags, excluded: frozenset[str], same_pos: bool) -> list[WordG
 
 
 # ---------------------------------------------------------------------------------------------------
-# Negative validity: it must differ from every positive after tokenization (H6)
+# Negative validity: it must differ from every positive after tokenization
+# (docs/method.md, "Hard negative")
 
 
 def _normalized(text: str) -> str:
@@ -240,7 +262,8 @@ class _DiffersFromPositives:
       self._positive_tokens, tokens = all_tokens[:-1], all_tokens[-1]
     else:
       tokens = np.asarray(self._tokenize_fn([candidate]))[0]
-    # Truncation to the context length can cut the swapped word off (spec F16): compare tokens.
+    # Truncation to the context length can cut the swapped word off: compare tokens
+    # (docs/method.md, "Hard negative").
     return not bool(np.any(np.all(self._positive_tokens == tokens[None, :], axis=-1)))
 
 
@@ -272,7 +295,9 @@ def _bump(counters: dict[str, int], name: str) -> None:
 
 def _single_swap_candidates(rng: np.random.Generator, caption: str, tags, max_tries: int,
                             counters: dict[str, int]) -> Iterator[str]:
-  """Captions with two of their words swapped, best kind first (A9 single-sentence negative, H7).
+  """Captions with two of their words swapped, best kind first.
+
+  See docs/method.md, "Single-caption negative".
 
   Tiers: two words of one POS (the reference's choice); two non-excluded words of different POS (the
   reference's fallback); any two different words, e.g. "a dog" -> "dog a" (ours, so that short
@@ -294,7 +319,9 @@ def single_caption_negative(rng: np.random.Generator, caption: str, tags=None,
                             max_tries: int = DEFAULT_MAX_TRIES,
                             positives: Sequence[str] | None = None
                             ) -> tuple[str | None, dict[str, int]]:
-  """A9 single-sentence negative with the guarantees of H6/H7: (negative or None, counters).
+  """Single-caption negative with validity checks: (negative or None, counters).
+
+  See docs/method.md, "Single-caption negative".
 
   Swaps two words inside `caption` (every occurrence of each). The result must differ from every
   text in `positives` (default: [caption]) after tokenization when `tokenize_fn` is given, else after
@@ -323,7 +350,9 @@ def cross_caption_negative(rng: np.random.Generator, c1: str, tags1, c2: str, ta
                            tokenize_fn: TokenizeFn | None = None,
                            max_tries: int = DEFAULT_MAX_TRIES,
                            extra_positives: Sequence[str] = ()) -> tuple[str, dict[str, int]]:
-  """A9 hard negative with the guarantees of H6: (negative, counters).
+  """Cross-caption hard negative with validity checks: (negative, counters).
+
+  See docs/method.md, "Hard negative".
 
   Swap w1 of c1 with w2 of c2 (same POS, not shared, never punctuation/empty/identical), every
   whole-word occurrence, then join the two in random order with `concat_texts`. The negative must
@@ -348,7 +377,8 @@ def cross_caption_negative(rng: np.random.Generator, c1: str, tags1, c2: str, ta
   for tries, (w1, w2) in enumerate(pairs):
     swapped1, swapped2 = swap_words(c1, {w1: w2}), swap_words(c2, {w2: w1})
     order = _in_random_order(rng, swapped1, swapped2)
-    for texts in (order, order[::-1]):  # the other order can survive truncation (spec F16)
+    # The other order can survive truncation (docs/method.md, "Hard negative").
+    for texts in (order, order[::-1]):
       negative = concat_texts(texts)
       best_effort = best_effort or negative
       if differs(negative):
@@ -384,7 +414,9 @@ def clic_caption_set(rng: np.random.Generator, first1: str, extras1: Sequence[st
                      first2: str, extras2: Sequence[str], tags2, num_extra: int = 2,
                      tokenize_fn: TokenizeFn | None = None,
                      max_tries: int = DEFAULT_MAX_TRIES) -> CaptionSet:
-  """The CLIC view's texts (A9-A10): p1, p2, p3..p(2+num_extra), the cross-caption negative.
+  """The CLIC view's texts: p1, p2, p3..p(2+num_extra), the cross-caption negative.
+
+  See docs/method.md, "Caption variants".
 
   p1 = concat([c1, c2]) follows dataset order (the indexed record first), p2 = concat([c2, c1]);
   p(3+k) joins the k-th sampled extra sentence of each image in random order. `tags1`/`tags2` are
@@ -422,8 +454,11 @@ def _single_negative_set(rng, first: str, tags, positives: list[str], tokenize_f
 def negclip_caption_set(rng: np.random.Generator, first: str, tags=None,
                         tokenize_fn: TokenizeFn | None = None,
                         max_tries: int = DEFAULT_MAX_TRIES) -> CaptionSet:
-  """D10 (NegCLIP): positives [c], negative = a swap inside c. Without a valid swap the negative is
-  c itself and `negative_is_valid` is False (the loss can mask it)."""
+  """NegCLIP: positives [c], negative = a swap inside c (docs/method.md, "Single-caption negative").
+
+  Without a valid swap the negative is c itself and `negative_is_valid` is False (the loss can mask
+  it).
+  """
   c = _as_text(first)
   counters: dict[str, int] = {}
   if not _has_words(c):
@@ -434,7 +469,9 @@ def negclip_caption_set(rng: np.random.Generator, first: str, tags=None,
 def baseline_caption_set(rng: np.random.Generator, first: str, extras: Sequence[str], tags=None,
                          num_extra: int = 2, tokenize_fn: TokenizeFn | None = None,
                          max_tries: int = DEFAULT_MAX_TRIES) -> CaptionSet:
-  """D11 (single-image baseline): positives [c1, c1, a1[0], a1[1], ...], negative = a swap inside c1.
+  """Single-image baseline: positives [c1, c1, a1[0], a1[1], ...], negative = a swap inside c1.
+
+  See docs/method.md, "Single-caption negative".
 
   The second slot repeats c1 on purpose: that is what the reference trains with.
   """

@@ -48,7 +48,10 @@ class ImageError(Exception):
 
 
 def aspect_class(width: int, height: int) -> str:
-  """Reference rule (A3): width >= height is "wider" (squares included), else "higher"."""
+  """Reference rule: width >= height is "wider" (squares included), else "higher".
+
+  See docs/method.md, "Aspect classes and partners".
+  """
   return WIDER if width >= height else HIGHER
 
 
@@ -106,8 +109,9 @@ def image_size(image: ImageInput) -> tuple[int, int]:
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-  """Any PIL mode -> RGB. Transparency is composited over black (what A5's premultiplied resize
-  does to fully transparent pixels); 16-bit and float images are rescaled, not clipped."""
+  """Any PIL mode -> RGB. Transparency is composited over black (what the reference's premultiplied
+  resize does to fully transparent pixels; docs/method.md, "Image decoding"); 16-bit and float
+  images are rescaled, not clipped."""
   mode = img.mode
   if mode == "RGB":
     return img
@@ -168,7 +172,10 @@ def resize(img: Image.Image, width: int, height: int) -> Image.Image:
 
 
 def half_size(aspect: str, size: int) -> tuple[int, int]:
-  """(width, height) of each half of a concatenated image (A6/H2: squash to S x S/2)."""
+  """(width, height) of each half of a concatenated image: squash to S x S/2.
+
+  See docs/method.md, "Concatenated image".
+  """
   return (size // 2, size) if aspect == HIGHER else (size, size // 2)
 
 

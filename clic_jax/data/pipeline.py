@@ -11,9 +11,10 @@ Dataset graph (all random access until the last steps, so grain's iterator state
     -> to_iter_dataset(threads) -> batch     one batch per step, its kind from the step pattern
        (with mp_prefetch workers: batch -> to_iter_dataset -> mp_prefetch, see make_train_dataset)
 
-A sample builds only the view its step needs (H9). Step t has kind pattern[t % len(pattern)], so
-position p of the host stream is built as kind pattern[(p // host_batch) % len(pattern)], and batch t
-holds exactly positions [t*B, (t+1)*B): every sample of a batch has the batch's kind.
+A sample builds only the view its step needs (docs/method.md, "Alternating steps"). Step t has kind
+pattern[t % len(pattern)], so position p of the host stream is built as kind
+pattern[(p // host_batch) % len(pattern)], and batch t holds exactly positions [t*B, (t+1)*B):
+every sample of a batch has the batch's kind.
 
 Batches (numpy):
   CLIC    {"kind": "clic", "images": f32 (B,S,S,3), "texts": i32 (B,P+1,L),
@@ -21,7 +22,7 @@ Batches (numpy):
           texts[:, :P] are the positives p1..pP (p1, p2 = swapped order, then the extra pairs) and
           texts[:, P] the hard negative; negative_valid is False where no swap gave a negative
           unlike every positive (the loss may mask it). In mode "baseline" the image is the single
-          view and p2 = p1 (D11).
+          view and p2 = p1 (docs/method.md, "Training variants").
   CLIP    {"kind": "clip", "images": f32 (B,S,S,3), "texts": i32 (B,1,L), "image_norm", "stats"}
   NegCLIP {"kind": "negclip", "images": single view, "texts": i32 (B,2,L) [caption, negative],
            "negative_valid", "image_norm", "stats"}
@@ -44,7 +45,6 @@ import numpy as np
 from clic_jax.data import images, sources
 from clic_jax.data import stats as stats_lib
 
-KINDS = ("clic", "clip", "negclip")
 MODES = ("clic", "negclip", "baseline")
 
 
@@ -58,9 +58,10 @@ class PipelineConfig:
   image_size: int = 224
   num_extra_positives: int = 2
   step_pattern: tuple[str, ...] = ("clic", "clip")
-  mode: str = "clic"                # "clic" | "negclip" (D10) | "baseline" (D11)
+  # See docs/method.md, "Training variants" (mode) and "Concatenated image" (concat_image_norm).
+  mode: str = "clic"                # "clic" | "negclip" | "baseline"
   seed: int = 0
-  concat_image_norm: str = "clip"   # "clip" (H1) | "imagenet" (reference A6)
+  concat_image_norm: str = "clip"   # "clip" | "imagenet" (reference)
   image_dtype: str = "float32"      # "uint8": images left unnormalized, batch["image_norm"] names
                                     # the statistics (images.normalization_constants) for the device
   num_epochs: int | None = None     # None: repeat forever
@@ -106,11 +107,6 @@ class PipelineConfig:
 
   def kind_of_step(self, step: int) -> str:
     return self.pattern[step % len(self.pattern)]
-
-  @property
-  def num_positives(self) -> int:
-    """P: p1, p2 and one joined pair per extra positive (baseline: c1, c1, extras)."""
-    return 2 + self.num_extra_positives
 
 
 class DataError(RuntimeError):
@@ -233,7 +229,8 @@ class SampleBuilder:
     pixels = images.clip_val_view(img, size)
     first = record["sentences"][0]
     if kind == "clip":
-      texts = [first]  # A10: the raw first sentence, no period, no partner.
+      # The raw first sentence, no period, no partner (docs/method.md, "Caption variants").
+      texts = [first]
     else:
       caption_set, memo = self._caption_set(kind, rng, record, None)
       counts.update({stats_lib.CAPTION_PREFIX + k: v for k, v in caption_set.counters.items()})
@@ -261,7 +258,8 @@ class SampleBuilder:
         counts[stats_lib.PARTNER_PREFIX + "unusable_caption"] += 1
     else:
       raise _Unusable("no_partner")
-    swap_order = bool(rng.integers(2))  # A6: random spatial order, independent of caption order.
+    # Random spatial order, independent of caption order (docs/method.md, "Concatenated image").
+    swap_order = bool(rng.integers(2))
     first_img, second_img = (partner_img, img) if swap_order else (img, partner_img)
     pixels = images.concat_pair(first_img, second_img, aspect, size)
     caption_set, memo = self._caption_set("clic", rng, record, partner)
@@ -305,7 +303,8 @@ class SampleBuilder:
     truncated = int(np.count_nonzero(tokens[:, -1]))
     if truncated:
       counts["text_truncated"] += truncated
-    # A7: the single image uses the model's own (CLIP) statistics; H1: the pair is configurable.
+    # The single image uses the model's own (CLIP) statistics (docs/method.md, "Single image");
+    # the pair's are configurable (docs/method.md, "Concatenated image").
     norm = "clip" if raw.layout == "single" else self.config.concat_image_norm
     sample = {"pixels": raw.pixels, "norm": norm, "texts": tokens, "stats": dict(counts),
               "kind": raw.kind, "normalize": self.config.image_dtype == "float32"}

@@ -1,8 +1,8 @@
 """Coarse part-of-speech tags for captions: spaCy when installed, an offline lexicon tagger otherwise.
 
-The hard negatives (spec A9) swap two words of the same coarse Universal POS, exactly spaCy's
-`token.pos_`. The reference runs `en_core_web_sm`; that pipeline cannot be installed from the package
-registry on every machine (DESIGN.md section 3), so there are two backends behind one protocol:
+The hard negatives (docs/method.md, "Hard negative") swap two words of the same coarse Universal
+POS, exactly spaCy's `token.pos_`. The reference runs `en_core_web_sm`; that pipeline cannot be
+installed from the package registry on every machine, so there are two backends behind one protocol:
 
   "spacy"    any installed spaCy pipeline (or a `spacy.Language` object you built), tags = token.pos_.
   "lexicon"  no download: a spaCy-like tokenizer for captions, closed-class word lists, and an

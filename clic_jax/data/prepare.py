@@ -5,7 +5,8 @@
 
 What it does once, so training does not repeat it every epoch:
 - optional sentence splitting of a raw [image, long caption] CSV like the reference's dataset
-  script (spec A2); without the flag the CSV is already in the reference format (A1);
+  script (docs/method.md, "Sentence splitting"); without the flag the CSV is already in the
+  reference format (docs/method.md, "Dataset format");
 - part-of-speech tags of each first sentence (the only sentence hard negatives edit), unless the
   CSV's `.pos.jsonl` sidecar already has them;
 - image sizes from file headers (no decode) -> aspect class; the encoded bytes are stored as is,
@@ -244,7 +245,8 @@ def parse_args(argv=None):
   parser.add_argument("--image_root", default=None, help="directory relative image paths start in")
   parser.add_argument("--out", required=True, help="output directory")
   parser.add_argument("--split_long_captions", action="store_true",
-                      help="CSV is [image, long caption]: split into sentences like spec A2")
+                      help="CSV is [image, long caption]: split into sentences like the "
+                           "reference's dataset script")
   parser.add_argument("--num_workers", type=int, default=os.cpu_count() or 1,
                       help="worker processes (default: all cores)")
   parser.add_argument("--shard_size", type=int, default=10_000, help="rows per shard")

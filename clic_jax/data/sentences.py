@@ -1,4 +1,6 @@
-"""Long caption -> list of short sentences, as the reference's `assets/create_dataset.py` (spec A2).
+"""Long caption -> list of short sentences, as the reference's `assets/create_dataset.py`.
+
+See docs/method.md, "Sentence splitting".
 
 The released CLIC CSVs were made with that script, so we reproduce its behaviour, quirks included,
 to get the same "first sentence" and the same extra sentences from the same long caption:
@@ -15,8 +17,9 @@ to get the same "first sentence" and the same extra sentences from the same long
   * One deliberate fix: the reference marks protected periods with "@" and turns every "@" back into
     "." afterwards, so a real "@" in a caption became ".". We use a private-use character instead.
 
-Input sentences are not lowercased here; the CSV reader lowercases them later (spec A1). Splitting
-needs the original case because a sentence break is ". " followed by an uppercase letter.
+Input sentences are not lowercased here; the CSV reader lowercases them later (docs/method.md,
+"Dataset format"). Splitting needs the original case because a sentence break is ". " followed by
+an uppercase letter.
 """
 from __future__ import annotations
 
@@ -51,7 +54,10 @@ _WORD = re.compile(r"\w+")
 
 
 def remove_prefixes(text: str) -> str:
-  """Step 1 of A2: split on every ".", strip boilerplate prefixes from the first piece, rejoin."""
+  """Split on every ".", strip boilerplate prefixes from the first piece, rejoin.
+
+  Step 1 of docs/method.md, "Sentence splitting".
+  """
   pieces = [piece.strip() for piece in text.split(".")]
   pieces = [piece for piece in pieces if piece]
   if pieces:
@@ -62,7 +68,10 @@ def remove_prefixes(text: str) -> str:
 
 
 def split_sentences(text: str) -> list[str]:
-  """Step 2 of A2: split on ". " + uppercase letter, except after protected abbreviations."""
+  """Split on ". " + uppercase letter, except after protected abbreviations.
+
+  Step 2 of docs/method.md, "Sentence splitting".
+  """
   for abbreviation in _ABBREVIATIONS_LONGEST_FIRST:
     text = text.replace(abbreviation, abbreviation.replace(".", _PROTECTED_PERIOD))
   sentences = _SENTENCE_BREAK.split(text)
@@ -76,7 +85,9 @@ def count_words(sentence: str) -> int:
 
 
 def split_long_caption(text: str) -> list[str]:
-  """A2 steps 1-3: the sentences of one long caption that have 4..34 words, in caption order.
+  """The sentences of one long caption that have 4..34 words, in caption order.
+
+  Steps 1-3 of docs/method.md, "Sentence splitting".
 
   Never raises: anything that is not a string, or has no usable sentence, gives [].
   """
@@ -87,5 +98,8 @@ def split_long_caption(text: str) -> list[str]:
 
 
 def keep_row(sentences: list[str]) -> bool:
-  """A2 step 4: a row is kept when at least two sentences survived (first + >= 1 extra)."""
+  """A row is kept when at least two sentences survived (first + >= 1 extra).
+
+  Step 4 of docs/method.md, "Sentence splitting".
+  """
   return len(sentences) >= MIN_SENTENCES_PER_ROW

@@ -3,14 +3,16 @@
 Every source has `len(source)`, `source[i]` and two attributes the pipeline relies on:
 - `aspects`: uint8 array (len,) with 0 = "wider", 1 = "higher" and UNUSABLE for records known to be
   bad before any pixel is decoded (missing file, unreadable header, caption without words). The
-  pipeline builds the partner index (H3) from it without opening images.
+  pipeline builds the partner index (docs/method.md, "Aspect classes and partners") from it
+  without opening images.
 - `report`: dict reason -> count of rows/records skipped or found unusable when the source was opened.
 
 A record is the dict
   {"image": bytes | path | array, "sentences": [first, extra, ...], "tags": per-sentence POS tags
    (list of [(word, pos), ...] or None entries) or None, "aspect": "wider" | "higher" | None,
    "id": str, "path": str}
-with all text lowercased (A1: the reference lowercases before spaCy and the tokenizer).
+with all text lowercased: the reference lowercases before spaCy and the tokenizer
+(docs/method.md, "Dataset format").
 """
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ import regex
 from clic_jax.data import images
 
 UNUSABLE = 255
-# A1 keeps only lowercase .png/.jpg/.jpeg; we also accept other formats PIL decodes, in any case.
+# The reference keeps only lowercase .png/.jpg/.jpeg; we also accept other formats PIL decodes, in
+# any case.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 POS_SIDECAR_SUFFIX = ".pos.jsonl"
 _WORD = regex.compile(r"\w")
@@ -109,12 +112,15 @@ class CsvRow:
 
 
 def read_reference_csv(csv_path: str, *, split_fn=None) -> tuple[list[CsvRow], dict[str, int]]:
-  """Parse the reference CSV (A1): no header, [image_path, first_sentence, extra, ...].
+  """Parse the reference CSV: no header, [image_path, first_sentence, extra, ...].
+
+  See docs/method.md, "Dataset format".
 
   Rows that cannot be used are counted by reason, never silently dropped: malformed quoting
   ("malformed_csv_row"), fewer than 2 columns ("too_few_columns"), a path without an image
   extension ("not_image_extension"). split_fn (text -> sentences) turns a raw [id, long caption]
-  CSV into sentences (A2); rows it rejects return [] and count as "too_few_sentences".
+  CSV into sentences (docs/method.md, "Sentence splitting"); rows it rejects return [] and count as
+  "too_few_sentences".
   Tags come from `<csv>.pos.jsonl` when it exists and matches the CSV row count.
   """
   if not os.path.isfile(csv_path):
@@ -179,7 +185,10 @@ def _attach_sidecar_tags(sidecar: str, rows: list[CsvRow], num_csv_rows: int, re
 
 
 def resolve_image_path(path: str, image_root: str | None) -> str:
-  """A1: relative paths are joined to the image root; an absolute path overrides it."""
+  """Relative paths are joined to the image root; an absolute path overrides it.
+
+  See docs/method.md, "Dataset format".
+  """
   if os.path.isabs(path) or not image_root:
     return path
   return os.path.join(image_root, path)

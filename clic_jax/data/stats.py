@@ -33,10 +33,6 @@ BATCH_KEYS = tuple(
     + ["text_truncated"])
 
 
-def empty_counts() -> collections.Counter:
-  return collections.Counter()
-
-
 def sum_counts(counts: Iterable[Mapping[str, int]]) -> dict[str, int]:
   """Key-wise sum of several count dicts (missing keys count as 0)."""
   total = collections.Counter()

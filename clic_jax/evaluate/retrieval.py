@@ -1,4 +1,4 @@
-"""COCO / Flickr30k image-text retrieval on the Karpathy test split (E4).
+"""COCO / Flickr30k image-text retrieval on the Karpathy test split (docs/method.md, "Retrieval").
 
 Public format (the annotation files of BLIP / ARO, e.g. coco_karpathy_test.json,
 flickr30k_test.json): a JSON list of

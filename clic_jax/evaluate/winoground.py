@@ -7,7 +7,7 @@ examples.jsonl and images/ (or its parent holding data/). When no folder is give
 are fetched from that (gated) repository through huggingface_hub, whose cache, HF_TOKEN and
 HF_HUB_OFFLINE apply, and the images are unzipped once beside examples.jsonl in the cache.
 
-With s(c, i) the cosine of caption c and image i (E5):
+With s(c, i) the cosine of caption c and image i (docs/method.md, "Winoground"):
 text score: s(c0,i0) > s(c1,i0) and s(c1,i1) > s(c0,i1); image score: s(c0,i0) > s(c0,i1) and
 s(c1,i1) > s(c1,i0); group score: both.
 """

@@ -1,7 +1,8 @@
 """Zero-shot classification: ImageNet with OpenAI's 80 prompts, and any image-folder dataset.
 
-Class embedding (E3): embed every "template with class name" caption, L2-normalize each, average
-over the templates, normalize again. Prediction: argmax of the cosine with the image embedding.
+Class embedding (docs/method.md, "Zero-shot classification"): embed every "template with class
+name" caption, L2-normalize each, average over the templates, normalize again. Prediction: argmax
+of the cosine with the image embedding.
 Reported: top-1 and top-5 accuracy as fractions.
 
 Image sources, one code path:
@@ -129,7 +130,8 @@ def records_to_items(source) -> tuple[Callable[[int], Image.Image], dict[int, in
 # -- evaluation -----------------------------------------------------------------------------------
 
 def subsample(n: int, max_examples: int | None, seed: int = 1) -> np.ndarray:
-  """All indices, or `max_examples` of them drawn without replacement (E6: NumPy seed 1)."""
+  """All indices, or `max_examples` of them drawn without replacement (NumPy seed 1, as the authors
+  do)."""
   if max_examples is None or max_examples >= n:
     return np.arange(n)
   return np.sort(np.random.RandomState(seed).choice(n, max_examples, replace=False))

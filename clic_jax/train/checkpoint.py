@@ -63,9 +63,6 @@ class Checkpointer:
     return state.replace(step=restored["train"]["step"], trainable=trainable, frozen=frozen,
                          opt_state=restored["train"]["opt_state"])
 
-  def wait(self):
-    self.manager.wait_until_finished()
-
   def reached_preemption(self, step: int) -> bool:
     """True on every host once any host got a preemption notice (JAX's multi-host sync)."""
     try:

@@ -1,6 +1,7 @@
 """Defaults of every training option: configs/*.py start from `default_config()` and override.
 
-The defaults are the reference's main CLIC run (CLIC_SPEC §G) with clic_jax's decisions (§H).
+The defaults are the reference's main CLIC run (docs/method.md, "Default settings") with
+clic_jax's decisions (docs/method.md, "Where clic_jax differs from the authors' code").
 """
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.tfds_name = ""             # any TFDS image-caption dataset prepared as ArrayRecord
   c.data.tfds_data_dir = ""
   c.data.tfds_split = "train"
-  c.data.mode = "clic"              # clic | negclip (D10) | baseline (D11)
+  # clic | negclip | baseline (docs/method.md, "Training variants")
+  c.data.mode = "clic"
   c.data.num_extra_positives = 2    # p3, p4
   c.data.concat_image_norm = "clip"  # "imagenet" reproduces the reference's concatenated images
   c.data.num_threads = 0            # grain reader threads; 0: one per CPU core, plus one
@@ -42,7 +44,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.global_batch_size = 800         # the reference: 4 GPUs x 200
   c.total_steps = 0                 # > 0 overrides num_epochs
   c.num_epochs = 1
-  c.hard_negative_freq = 1.0        # 1: CLIC and CLIP steps alternate, CLIC first (D1)
+  # 1: CLIC and CLIP steps alternate, CLIC first (docs/method.md, "Alternating steps")
+  c.hard_negative_freq = 1.0
   c.alternate_with_clip = True
   c.step_kinds = ""                 # overrides the pattern: e.g. "clip" (plain CLIP fine-tuning)
 
@@ -68,7 +71,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.optim.grad_accum_steps = 1
   c.optim.clip_grad_norm = 0.0      # 0: off, like the reference
   c.freeze = ("^visual/",)          # regexes on parameter paths; the reference freezes the ViT
-  c.clamp_logit_scale = True        # H4; False reproduces the reference (never clamped)
+  # False reproduces the reference, never clamped (docs/method.md, "Logit scale")
+  c.clamp_logit_scale = True
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.fsdp = 1                   # > 1 shards params and optimizer state over that many devices

@@ -1,6 +1,6 @@
 """Optimizer, learning-rate schedule, parameter freezing and the CLIC/CLIP step pattern.
 
-What the reference does and what we keep (CLIC_SPEC D1-D5, H4-H5):
+What the reference does and what we keep (docs/method.md, "Training"):
 - AdamW with torch semantics: p <- p - lr * (m_hat / (sqrt(v_hat) + eps) + wd * p), betas (0.9, 0.98),
   eps 1e-8, weight decay 0.1 on trainable matrices only (ndim >= 2 and no "bias"/"ln"/"bn" in the
   name), so biases, LayerNorm scales, 1-d parameters and logit_scale get none; token_embedding and
@@ -8,8 +8,10 @@ What the reference does and what we keep (CLIC_SPEC D1-D5, H4-H5):
 - Freezing by regexes on '/'-joined parameter paths (["^visual/"] is the reference's
   --freeze_only_vision; logit_scale stays trainable, like the reference). Frozen parameters get no
   optimizer state; `split_trainable` lets the train step differentiate only the trainable part.
-- Warmup + cosine schedule that is exactly `total_steps` long and ends at lr_end (fixes F8).
-- logit_scale clamped to [0, ln 100] after every update (the reference's clamp is a no-op, F6).
+- Warmup + cosine schedule that is exactly `total_steps` long and ends at lr_end (docs/method.md,
+  "Schedule").
+- logit_scale clamped to [0, ln 100] after every update (the reference's clamp is a no-op;
+  docs/method.md, "Logit scale").
 """
 
 from __future__ import annotations
@@ -40,7 +42,9 @@ def _is_int(value) -> bool:
 
 def lr_schedule(total_steps: int, lr: float, lr_start: float, lr_end: float,
                 warmup_fraction: float) -> optax.Schedule:
-  """Linear warmup then cosine decay, exactly `total_steps` optimizer steps long (CLIC_SPEC H5).
+  """Linear warmup then cosine decay, exactly `total_steps` optimizer steps long.
+
+  See docs/method.md, "Schedule".
 
   With W = int(warmup_fraction * total_steps) warmup steps and C = total_steps - W cosine steps:
     t < W (warmup, the reference's inclusive linspace(lr_start, lr, W)):
@@ -49,7 +53,7 @@ def lr_schedule(total_steps: int, lr: float, lr_start: float, lr_end: float,
       lr(t) = lr_end + (lr - lr_end) * (1 + cos(pi * i / (C - 1))) / 2   (C == 1: lr(t) = lr)
   so step 0 is lr_start, step W - 1 is lr, step W is lr again (the cosine's start) and the last step
   total_steps - 1 is lr_end. The reference divides by C instead of C - 1 and builds one epoch too
-  many steps, so it never reaches lr_end (F8). Steps past the end stay at the last value.
+  many steps, so it never reaches lr_end. Steps past the end stay at the last value.
   """
   if not _is_int(total_steps) or total_steps < 1:
     raise ValueError(f"lr_schedule: total_steps must be an integer >= 1, got {total_steps!r}.")
@@ -139,7 +143,8 @@ def weight_decay_mask(params, freeze: Sequence[str] = ()):
   """Pytree of bools: True only for trainable params with ndim >= 2 and no 'bias'/'ln'/'bn' in the path.
 
   So biases, LayerNorm scales, class_embedding, logit_scale and every frozen parameter get no decay,
-  while token_embedding and the positional embeddings (2-d) do, like the reference (CLIC_SPEC D3).
+  while token_embedding and the positional embeddings (2-d) do, like the reference (docs/method.md,
+  "Freezing and optimizer").
   Works on any sub-tree whose leaves keep their full paths (e.g. the trainable half from
   `split_trainable`, or optax's masked trees).
   """
@@ -242,7 +247,9 @@ def make_optimizer(params, *, total_steps: int, lr: float, lr_start: float, lr_e
 
 
 def clamp_logit_scale(params, max_value: float = math.log(100.0)):
-  """Return params with the top-level 'logit_scale' leaf clipped to [0, max_value] (CLIC_SPEC H4).
+  """Return params with the top-level 'logit_scale' leaf clipped to [0, max_value].
+
+  See docs/method.md, "Logit scale".
 
   Pure; works on the full tree or either half of `split_trainable` (a tree without logit_scale,
   e.g. when it is frozen, comes back unchanged).
@@ -260,13 +267,16 @@ def clamp_logit_scale(params, max_value: float = math.log(100.0)):
 
 
 def step_pattern(hard_negative_freq: float, *, alternate_with_clip: bool = True) -> tuple[str, ...]:
-  """The repeating pattern of step kinds ("clic" / "clip") of the reference (CLIC_SPEC D1).
+  """The repeating pattern of step kinds ("clic" / "clip") of the reference.
+
+  See docs/method.md, "Alternating steps".
 
     f == 1  -> ("clic", "clip")
     f > 1   -> ("clip",) + ("clic",) * int(f)
     f < 1   -> ("clic",) + ("clip",) * int(1 / f)
   `alternate_with_clip=False` gives ("clic",): every step is a hard-negative step, as in the NegCLIP
-  variant (D10). The single-image baseline (D11) alternates like the main run.
+  variant. The single-image baseline alternates like the main run (docs/method.md, "Training
+  variants").
   """
   if not alternate_with_clip:
     return (CLIC_STEP,)
@@ -279,19 +289,6 @@ def step_pattern(hard_negative_freq: float, *, alternate_with_clip: bool = True)
   if hard_negative_freq > 1:
     return (CLIP_STEP,) + (CLIC_STEP,) * int(hard_negative_freq)
   return (CLIC_STEP,) + (CLIP_STEP,) * int(1.0 / hard_negative_freq)
-
-
-def step_kind(step: int, pattern: Sequence[str]) -> str:
-  """Kind of global step `step` (0-based): pattern[step % len(pattern)].
-
-  The reference indexes by the step within an epoch; for one epoch (the paper's runs) that is the
-  same, and using the global step keeps a resumed run's alternation unchanged.
-  """
-  if not _is_int(step) or step < 0:
-    raise ValueError(f"step must be an integer >= 0, got {step!r}.")
-  if not pattern or any(kind not in (CLIC_STEP, CLIP_STEP) for kind in pattern):
-    raise ValueError(f"pattern must be a non-empty sequence of 'clic'/'clip', got {pattern!r}.")
-  return pattern[int(step) % len(pattern)]
 
 
 def count_params(tree: Any) -> int:

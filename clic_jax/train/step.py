@@ -2,9 +2,10 @@
 
 A batch goes: texts (B, K, L) -> one batched encode_text call over all K*B captions (K = P
 positives + 1 negative for CLIC, 1 for CLIP) -> L2-normalize -> loss over the global batch (the
-reference's multi-GPU loss, CLIC_SPEC B5) -> gradient w.r.t. the trainable half of the parameters
-only. The frozen half (the vision tower by default) is a constant of the differentiated function,
-so XLA runs no backward pass through it and the optimizer keeps no state for it.
+reference's multi-GPU loss; docs/method.md, "Embeddings and the global batch") -> gradient w.r.t.
+the trainable half of the parameters only. The frozen half (the vision tower by default) is a
+constant of the differentiated function, so XLA runs no backward pass through it and the optimizer
+keeps no state for it.
 """
 from __future__ import annotations
 
@@ -88,7 +89,9 @@ def loss_for_kind(kind: str, weights: LossWeights) -> Callable:
         img, txt[:-1], txt[-1], scale, cont=weights.cont, sneg=weights.sneg, uni=weights.uni,
         separate_negatives=weights.separate_negatives, neg_valid=neg_valid,
         sneg_sets=weights.sneg_sets)
-  if kind == "negclip":    # D10: one positive, negatives inside the contrastive softmax (C4)
+  # NegCLIP: one positive, negatives inside the contrastive softmax
+  # (docs/method.md, "Unified variant")
+  if kind == "negclip":
     return lambda img, txt, scale, neg_valid=None: losses.clic_loss(
         img, txt[:1], txt[1], scale, cont=1.0, sneg=0.0, uni=0.0, separate_negatives=False,
         neg_valid=neg_valid)

@@ -212,7 +212,8 @@ def hard_negative_sets(config) -> int | None:
 
 
 def loss_weights(config) -> step_lib.LossWeights:
-  uni = 0.0 if config.data.mode == "baseline" else config.loss.uni   # D11: no uni-modal loss
+  # The baseline has no uni-modal loss (docs/method.md, "Training variants").
+  uni = 0.0 if config.data.mode == "baseline" else config.loss.uni
   return step_lib.LossWeights(
       cont=config.loss.cont, sneg=config.loss.sneg, uni=uni,
       separate_negatives=config.loss.separate_negatives, sneg_sets=hard_negative_sets(config),

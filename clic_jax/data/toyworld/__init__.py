@@ -3,7 +3,7 @@
 `generate_world(out_dir, num_train, num_test, seed)` writes, under out_dir:
 
   train.csv                 reference CSV (no header): image path (relative to images/), first
-                            sentence, extra sentences (CLIC_SPEC A1)
+                            sentence, extra sentences (docs/method.md, "Dataset format")
   train.csv.pos.jsonl       line i = CSV row i: {"tags": [[[word, pos], ...] per sentence column]}
   train.csv.scenes.jsonl    line i = the structured scene of CSV row i
   test.csv (+ .pos.jsonl, .scenes.jsonl)   the same for the held-out scenes

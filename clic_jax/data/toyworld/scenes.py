@@ -34,7 +34,6 @@ SIZES = ("small", "large")
 # "large" unambiguous at 64 px.
 SIZE_RADIUS = {"small": (0.08, 0.10), "large": (0.15, 0.17)}
 PLAIN_BACKGROUNDS: dict[str, int] = {"white": 245, "gray": 150, "black": 25}
-TEXTURES = ("noisy", "striped")
 RELATIONS = ("left", "right", "above", "below")
 OPPOSITE_RELATION = {"left": "right", "right": "left", "above": "below", "below": "above"}
 
