@@ -34,15 +34,21 @@ def test_summary_statistics():
 
 def test_tiny_experiment_writes_results_and_resumes(tmp_path):
   out, work = tmp_path / "results", tmp_path / "work"
-  argv = [f"--out={out}", f"--workdir={work}", "--seeds=0", "--variants=clic,negclip",
-          "--pretrain_steps=2", "--finetune_steps=2", "--num_train=48", "--num_test=24",
+  argv = [f"--out={out}", f"--workdir={work}", "--seeds=0", "--variants=clic,clip_finetune",
+          "--vision_steps=2", "--text_steps=2", "--pretrain_batch=8", "--corpus_scenes=60", "--probe_scenes=40", "--finetune_steps=2", "--num_train=48", "--num_test=24",
           "--batch_size=16", "--eval_batch_size=32", "--model=tiny",
           "--no_compilation_cache"]
   results = cv.main(argv)
 
   on_disk = json.loads((out / "results.json").read_text())
   assert on_disk == json.loads(json.dumps(results))
-  assert set(on_disk["variants"]) == {"clic", "negclip"}
+  assert set(on_disk["variants"]) == {"clic", "clip_finetune"}
+  claim = on_disk["claim"]
+  assert set(claim) == set(cv.CLAIM_GAINS) | set(cv.CLAIM_KEPT) | {"all"}
+  assert all(v["noise"] >= 0 and isinstance(v["holds"], bool) for k, v in claim.items()
+             if k != "all")
+  assert "clic/pos_over_neg_wrong_image/p3" in on_disk["diagnostics"]["clic"]
+  assert on_disk["sampling_se"]["sugarcrepe/swap_att"] > 0
   assert on_disk["meta"]["finetune_steps"] == 2 and on_disk["meta"]["seeds"] == [0]
   for variant, metrics in on_disk["variants"].items():
     for key in ("sugarcrepe/swap_att", "sugarcrepe_pp/itt/swap_obj", "retrieval/text_to_image_R@1"):
@@ -59,7 +65,7 @@ def test_tiny_experiment_writes_results_and_resumes(tmp_path):
   assert sorted(p.name for p in out.iterdir()) == ["results.json", "results.png", "table.md"]
 
   # A second call reuses every finished run (no retraining: eval.json untouched).
-  eval_file = work / "negclip" / "seed0" / "eval.json"
+  eval_file = work / "clip_finetune" / "seed0" / "eval.json"
   before = eval_file.stat().st_mtime_ns
   again = cv.main(argv)
   assert eval_file.stat().st_mtime_ns == before

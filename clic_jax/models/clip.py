@@ -253,7 +253,9 @@ class VisionTransformer(nn.Module):
   pooled_last_block: bool = True     # see Transformer: the last block for the class token only
 
   @nn.compact
-  def __call__(self, images):
+  def __call__(self, images, patch_tokens: bool = False):
+    """images (B, H, W, 3) -> (B, output_dim); with patch_tokens also every patch's output after
+    ln_post, (B, grid*grid, width) (dense features, e.g. for a VLM or dense supervision)."""
     c = self.cfg
     scale = c.width ** -0.5
     x = nn.Conv(c.width, (c.patch_size, c.patch_size), strides=(c.patch_size, c.patch_size),
@@ -267,12 +269,16 @@ class VisionTransformer(nn.Module):
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, c.width)), x], axis=1)
     x = x + pos.astype(self.dtype)
     x = LayerNorm(self.dtype, name="ln_pre")(x)
-    x = Transformer(c.width, c.layers, c.heads, c.mlp_ratio, False, self.quick_gelu, self.dtype,
-                    self.remat, self.attention_impl, self.scan_layers, self.pooled_last_block,
-                    name="transformer")(x, jnp.zeros((b,), jnp.int32))   # the class token: (B, W)
-    pooled = LayerNorm(jnp.float32, name="ln_post")(x)   # of the class token (LN is per token)
+    transformer = Transformer(c.width, c.layers, c.heads, c.mlp_ratio, False, self.quick_gelu,
+                              self.dtype, self.remat, self.attention_impl, self.scan_layers,
+                              self.pooled_last_block, name="transformer")
+    ln_post = LayerNorm(jnp.float32, name="ln_post")
     proj = self.param("proj", _normal(scale), (c.width, self.output_dim), jnp.float32)
-    return pooled @ proj
+    if patch_tokens:
+      x = ln_post(transformer(x))                       # every token: (B, 1 + grid*grid, W)
+      return x[:, 0] @ proj, x[:, 1:]
+    x = transformer(x, jnp.zeros((b,), jnp.int32))       # the class token only: (B, W)
+    return ln_post(x) @ proj                             # LN is per token
 
 
 class CLIP(nn.Module):
@@ -307,6 +313,10 @@ class CLIP(nn.Module):
   def encode_image(self, images):
     """images: (N, H, W, 3) float, normalized. Returns unnormalized float32 features (N, D)."""
     return self.visual(images)
+
+  def encode_image_patches(self, images):
+    """(image features (N, D) as encode_image, patch tokens after ln_post (N, grid*grid, width))."""
+    return self.visual(images, patch_tokens=True)
 
   def encode_text(self, tokens):
     """tokens: (N, L) int, L <= context_length. Returns unnormalized float32 features (N, D)."""

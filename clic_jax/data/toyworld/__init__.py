@@ -39,6 +39,8 @@ FRAMES = {"square": ("square",), "mixed": ORIENTATIONS}
 _MAX_REDRAWS = 1000       # held-out scene re-draws before concluding the world is too small
 # Independent random streams, the first entry after the seed: np.random.default_rng([seed, stream, ...]).
 TRAIN_SCENES, TEST_SCENES, BENCHMARK, TRAIN_CAPTIONS, TEST_CAPTIONS = range(5)
+# Streams of the demo's pretraining corpus (clic_jax/demo/pretraining.py), apart from the world's.
+PRETRAIN_SCENES, PRETRAIN_CAPTIONS = 5, 6
 
 
 def world_paths(out_dir: str) -> dict[str, str]:
