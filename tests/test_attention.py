@@ -105,3 +105,22 @@ def test_one_query_attention_masks_later_keys():
   assert not np.allclose(open_mask.apply(params, x, index)[0, 0], one[0, 0], atol=1e-3)
   np.testing.assert_allclose(open_mask.apply(params, x, index)[:, 0],
                              open_mask.apply(params, x)[jnp.arange(2), index], atol=1e-6)
+
+
+def test_patch_tokens_come_with_the_same_image_embedding():
+  """encode_image_patches: the class-token embedding equals encode_image's, and the patch tokens
+  are the ln_post outputs of the full last block (one per patch, row-major)."""
+  from clic_jax.models import get_model_config
+  cfg = get_model_config("tiny")
+  images = jax.random.normal(jax.random.key(0), (2, cfg.vision.image_size,
+                                                 cfg.vision.image_size, 3))
+  model = clip.CLIP(cfg)
+  params = model.init(jax.random.key(1), images, _tiny_tokens([3, 5], width=8))
+  pooled, patches = model.apply(params, images, method="encode_image_patches")
+  np.testing.assert_allclose(pooled, model.apply(params, images, method="encode_image"),
+                             rtol=1e-5, atol=1e-6)
+  assert patches.shape == (2, cfg.vision.grid ** 2, cfg.vision.width)
+  np.testing.assert_allclose(np.mean(patches, -1), 0, atol=1e-4)        # after a LayerNorm
+  shifted = images.at[1, :cfg.vision.patch_size, :cfg.vision.patch_size].add(1.0)
+  _, moved = model.apply(params, shifted, method="encode_image_patches")
+  assert not np.allclose(moved[1], patches[1]) and np.allclose(moved[0], patches[0])
