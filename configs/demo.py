@@ -36,8 +36,8 @@ def get_config():
   # experiment (experiments/README.md) pretrains the same recipe longer:
   # --vision_steps=3000 --text_steps=1500.
   d.pretrain = ml_collections.ConfigDict(dict(
-      vision_steps=600, vision_batch=64, vision_lr=2e-3,
-      text_steps=600, text_batch=128, text_lr=5e-4))
+      vision_steps=500, vision_batch=64, vision_lr=2e-3,
+      text_steps=300, text_batch=128, text_lr=5e-4))
   # Both fine-tuning runs: same data, budget and optimizer; vision frozen as in the paper.
   finetune = dict(total_steps=150, freeze=("^visual/",),
                   optim=dict(lr=1e-4, lr_start=1e-6, lr_end=1e-6, warmup_fraction=0.1))
