@@ -109,10 +109,11 @@ def run(config, workdir: str | Path) -> dict:
                                           **dict(d.pretrain))
   exports = {"pretrained": pretraining.pretrain(world, workdir / "pretrained", settings)}
 
-  for step, name in ((3, "clip_finetune"), (3, "clic")):
-    log.info("[%d/4] fine-tuning: %s", step, name)
+  for name in MODELS[1:]:
+    log.info("[3/4] fine-tuning: %s", name)
     stage = dict(d[name], init_from=f"local-dir:{exports['pretrained']}")
-    exports[name] = Path(trainer.train(phase_config(config, stage, world), workdir / name)["export"])
+    summary = trainer.train(phase_config(config, stage, world), workdir / name)
+    exports[name] = Path(summary["export"])
 
   log.info("[4/4] evaluating the three models")
   results = {name: evaluate_export(exports[name], world, d) for name in MODELS}

@@ -66,21 +66,24 @@ POSITION_WEIGHT = 10.0      # positions are fractions, so their squared error is
 
 @dataclasses.dataclass(frozen=True)
 class PretrainSettings:
+  """The recipe; its defaults are the budget that reaches the regime (experiments/README.md).
+  configs/demo.py trains fewer steps to fit the demo's ten minutes."""
   model: str = "tiny-64"
   seed: int = 0
   corpus_scenes: int = 20000      # pretraining scenes (none of them a held-out scene)
-  vision_steps: int = 1200
-  vision_batch: int = 128
-  vision_lr: float = 1e-3
+  vision_steps: int = 3000
+  vision_batch: int = 64
+  vision_lr: float = 2e-3
   pair_fraction: float = 0.5      # of each image-tower batch: concatenated pairs (CLIC's view)
-  text_steps: int = 1200
+  text_steps: int = 1500
   text_batch: int = 128
   text_lr: float = 5e-4
   context_length: int = 32        # token rows are cut to this; the model keeps its 77 positions
   weight_decay: float = 0.05
 
   def __post_init__(self):
-    for name in ("corpus_scenes", "vision_steps", "vision_batch", "text_steps", "text_batch", "context_length"):
+    for name in ("corpus_scenes", "vision_steps", "vision_batch", "text_steps", "text_batch",
+                 "context_length"):
       if getattr(self, name) < 1:
         raise ValueError(f"pretraining {name}={getattr(self, name)} must be at least 1")
     if self.vision_batch % 2:
@@ -227,7 +230,8 @@ def _concat(first: np.ndarray, second: np.ndarray, aspect: str) -> np.ndarray:
 
 
 def _head_loss(outputs, targets, weights):
-  """Binary cross-entropy on presence, size and backgrounds, squared error on positions."""
+  """Binary cross-entropy on presence, size, backgrounds, colours and shapes; squared error on
+  positions (weights hold POSITION_WEIGHT there, and 0 for what a view does not say)."""
   is_position = np.zeros(_HEAD, bool)
   is_position[2 * _NUM:4 * _NUM] = True
   bce = optax.sigmoid_binary_cross_entropy(outputs, targets)
@@ -237,7 +241,8 @@ def _head_loss(outputs, targets, weights):
 
 
 def train_vision(model, params, data: SceneSet, settings: PretrainSettings) -> tuple[dict, dict]:
-  """Trains params["visual"] with a linear head on the structure labels; returns (params, stats)."""
+  """Trains params["visual"] with linear heads on the image embedding (structure labels) and on
+  the patch tokens (the identity each patch shows); returns (params, stats)."""
   scale, offset = (jnp.asarray(v) for v in images_lib.normalization_constants("clip"))
   dim, width = model.cfg.embed_dim, model.cfg.vision.width
   key, patch_key = jax.random.split(jax.random.key(settings.seed + 1))
@@ -295,12 +300,11 @@ def train_text(model, params, data: SceneSet, settings: PretrainSettings) -> tup
   """CLIP loss between random true sentences and the frozen image embeddings (LiT)."""
   from clic_jax import tokenizer
   image_emb = embed_views(model, params, data.singles)
-  sentences = [s for row in data.sentences for s in row]
-  owners = np.asarray([i for i, row in enumerate(data.sentences) for _ in row])
-  tokens = tokenizer.tokenize(sentences, context_length=settings.context_length)
-  starts = np.concatenate([[0], np.cumsum([len(row) for row in data.sentences])[:-1]])
+  # Every scene's sentences in one token array: scene i's rows are starts[i] .. + counts[i].
+  tokens = tokenizer.tokenize([s for row in data.sentences for s in row],
+                              context_length=settings.context_length)
   counts = np.asarray([len(row) for row in data.sentences])
-  assert np.all(owners[starts] == np.arange(len(counts)))
+  starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
   text = {k: v for k, v in params.items() if k != "visual"}
   tx = opt_lib.make_optimizer(text, total_steps=settings.text_steps, lr=settings.text_lr,
                               lr_start=settings.text_lr / 100, lr_end=settings.text_lr / 100,
@@ -351,7 +355,8 @@ def pretrain(world: dict[str, str], out_dir: str | os.PathLike,
   wanted = {"settings": dataclasses.asdict(settings), "world": world_config}
   if report_path.is_file():
     report = json.loads(report_path.read_text())
-    if {k: report.get(k) for k in wanted} == wanted and (export / "open_clip_config.json").is_file():
+    same = {k: report.get(k) for k in wanted} == wanted
+    if same and (export / "open_clip_config.json").is_file():
       log.info("reusing the pretrained model in %s", out_dir)
       return export
   start = time.perf_counter()
