@@ -24,7 +24,7 @@ import sys
 from typing import IO
 
 FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-OWN_LOGGERS = ("clic_jax", "__main__")
+OWN_LOGGERS = ("clic_jax", "experiments", "__main__")
 LOG_DIR = "logs"
 
 # Marks the handlers installed here, so a second call replaces them instead of adding more.

@@ -470,10 +470,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
   p.add_argument("--no_compilation_cache", action="store_true",
                  help="do not reuse compiled programs across runs (WORKDIR/jax_cache)")
   args = p.parse_args(argv)
-  logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                      force=True)
-  for noisy in ("absl", "jax._src", "orbax"):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
+  # Our progress on the terminal, the libraries' INFO chatter in WORKDIR/logs/train.log.
+  from clic_jax import logging_setup
+  logging_setup.setup_logging(args.workdir)
   variants = [v.strip() for v in args.variants.split(",") if v.strip()]
   budget = Budget(vision_steps=args.vision_steps, text_steps=args.text_steps,
                   pretrain_batch=args.pretrain_batch, corpus_scenes=args.corpus_scenes,
