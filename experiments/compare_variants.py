@@ -198,19 +198,11 @@ def _check_same_stage(run_dir: Path, setup: dict) -> None:
 
 
 def flatten(results: dict) -> dict[str, float]:
-  """benchmark -> metric -> value (or {"itt","tot"}) as {"bench/metric" or "bench/itt/metric"},
-  restricted to demo.SHOWN, like the demo's table."""
+  """One model's results as {"bench/metric" or "sugarcrepe_pp/itt/metric": value}, restricted to
+  the demo's table (demo.SHOWN)."""
   from clic_jax import demo
-  flat = {}
-  for bench, metrics in demo.SHOWN.items():
-    for metric in metrics:
-      value = results.get(bench, {}).get(metric)
-      if isinstance(value, dict):
-        for sub in ("itt", "tot"):
-          flat[f"{bench}/{sub}/{metric}"] = float(value[sub])
-      elif value is not None:
-        flat[f"{bench}/{metric}"] = float(value)
-  return flat
+  return {f"{group}/{metric}": float(value)
+          for group, metric, value in demo.shown_metrics(results)}
 
 
 def summarize(values_by_variant: dict[str, list[dict[str, float]]]) -> dict:

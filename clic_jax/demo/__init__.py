@@ -68,18 +68,25 @@ def evaluate_export(export: Path, world: dict[str, str], d) -> dict:
                   batch_size=d.eval_batch_size)
 
 
-def side_by_side(results: dict[str, dict]) -> dict:
-  """{benchmark: {metric: {model: value}}} over MODELS (SugarCrepe++ split into itt and tot)."""
-  table: dict = {}
+def shown_metrics(result: dict):
+  """(row group, metric, value) of one model's results, in SHOWN order; SugarCrepe++'s
+  {"itt": x, "tot": y} values become the groups "sugarcrepe_pp/itt" and "sugarcrepe_pp/tot"."""
   for bench, metrics in SHOWN.items():
     for metric in metrics:
-      for name, result in results.items():
-        value = result.get(bench, {}).get(metric)
-        if isinstance(value, dict):                 # SugarCrepe++: {"itt": x, "tot": y}
-          for sub in ("itt", "tot"):
-            table.setdefault(f"{bench}/{sub}", {}).setdefault(metric, {})[name] = value[sub]
-        elif value is not None:
-          table.setdefault(bench, {}).setdefault(metric, {})[name] = value
+      value = result.get(bench, {}).get(metric)
+      if isinstance(value, dict):
+        for sub in ("itt", "tot"):
+          yield f"{bench}/{sub}", metric, value[sub]
+      elif value is not None:
+        yield bench, metric, value
+
+
+def side_by_side(results: dict[str, dict]) -> dict:
+  """{row group: {metric: {model: value}}} over the models of `results`."""
+  table: dict = {}
+  for name, result in results.items():
+    for group, metric, value in shown_metrics(result):
+      table.setdefault(group, {}).setdefault(metric, {})[name] = value
   return table
 
 
