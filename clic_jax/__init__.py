@@ -2,6 +2,7 @@
 
   import clic_jax
   tokens = clic_jax.tokenize(["a dog."])                                   # (N, 77) int32
+  tokens = clic_jax.get_tokenizer("ViT-L-14-CLIPA")(["a dog."])            # the model's own
   model, params = clic_jax.create_model("ViT-B-32-quickgelu", seed=0)
   model, params = clic_jax.load_open_clip("ViT-B-32-quickgelu", "openai")
   clic_jax.export_open_clip("ViT-B-32-quickgelu", params, "out.safetensors")
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 
 _LAZY = {
     "tokenize": ("clic_jax.tokenizer", "tokenize"),
+    "get_tokenizer": ("clic_jax.model_tokenizer", "get_tokenizer"),
     "create_model": ("clic_jax.models", "create_model"),
     "known_models": ("clic_jax.models", "known_models"),
     "load_open_clip": ("clic_jax.interop", "load_open_clip"),

@@ -131,6 +131,27 @@ def clean_text(text: str) -> str:
   return " ".join(text.split()).lower()
 
 
+def clean_whitespace(text: str) -> str:
+  """open_clip's "whitespace" cleaning (its HFTokenizer's default): clean_text without lowercasing.
+  ftfy and html.unescape are skipped where they provably change nothing (see the module notes)."""
+  if not (_is_clean_ascii(text) or _ftfy_is_identity(text)):
+    text = html.unescape(html.unescape(ftfy.fix_text(text)))
+  return " ".join(text.split())
+
+
+def text_list(texts) -> list[str]:
+  """A str or a sequence of str as a list, with the same TypeErrors as `tokenize`."""
+  if isinstance(texts, str):
+    return [texts]
+  if isinstance(texts, (bytes, bytearray)) or not isinstance(texts, Iterable):
+    raise TypeError(f"tokenize expects a str or a sequence of str, got a "
+                    f"{type(texts).__name__}; pass text (decode bytes first).")
+  texts = list(texts)
+  for index, text in enumerate(texts):
+    _check_text(text, index)
+  return texts
+
+
 def _is_clean_ascii(text: str) -> bool:
   """True where ftfy.fix_text and html.unescape are identities: ASCII, no '&', no control chars
   except tab and newline (ftfy keeps those; the whitespace collapse removes them)."""

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 
 from clic_jax.interop import names
-from clic_jax.models import ClipConfig, build_model, get_model_config
+from clic_jax.models import ClipConfig, build_model, get_model_config, name_table
 
 
 class CheckpointMismatchError(ValueError):
@@ -37,21 +37,22 @@ def _nest(flat: Mapping[tuple[str, ...], Any]) -> dict:
 def state_dict_to_params(state_dict: Mapping[str, np.ndarray], model: str | ClipConfig) -> dict:
   """open_clip state dict -> Flax params (float32 numpy). Raises CheckpointMismatchError."""
   cfg = get_model_config(model)
+  table = name_table(cfg.family)
   state_dict = {k: v for k, v in state_dict.items() if k not in names.IGNORED_KEYS}
   flat, used, problems = {}, set(), []
   for path, shape in expected_shapes(cfg).items():
-    key, layout = names.torch_key(path)
+    key, layout = table.torch_key(path)
     if key not in state_dict:
-      problems.append(f"missing {key} (expected shape {names.torch_shape(shape, layout)})")
+      problems.append(f"missing {key} (expected shape {table.torch_shape(shape, layout)})")
       continue
     used.add(key)
     value = np.asarray(state_dict[key], dtype=np.float32)
     if value.ndim == 1 and value.size == 1 and shape == ():
       value = value.reshape(())                 # some checkpoints store logit_scale as (1,)
-    converted = names.to_flax(value, layout)
+    converted = table.to_flax(value, layout)
     if converted.shape != shape:
       problems.append(f"shape of {key}: checkpoint {tuple(value.shape)}, "
-                      f"model expects {names.torch_shape(shape, layout)}")
+                      f"model expects {table.torch_shape(shape, layout)}")
       continue
     flat[path] = converted
   problems += [f"unexpected {k} {tuple(np.shape(state_dict[k]))}"
@@ -76,8 +77,10 @@ def params_to_state_dict(params: Mapping, model: str | ClipConfig | None = None
   params = jax.device_get(params)
   flat = {tuple(k.key for k in path): np.asarray(leaf, np.float32)
           for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
-  if model is not None:
-    expected = expected_shapes(get_model_config(model))
+  cfg = None if model is None else get_model_config(model)
+  table = name_table("vit" if cfg is None else cfg.family)
+  if cfg is not None:
+    expected = expected_shapes(cfg)
     bad = [f"{'/'.join(p)}: {flat[p].shape if p in flat else 'missing'} vs {s}"
            for p, s in expected.items() if p not in flat or flat[p].shape != s]
     bad += [f"{'/'.join(p)}: unexpected" for p in set(flat) - set(expected)]
@@ -85,6 +88,6 @@ def params_to_state_dict(params: Mapping, model: str | ClipConfig | None = None
       raise CheckpointMismatchError(f"params do not match {model}: " + "; ".join(bad[:10]))
   out = {}
   for path, value in flat.items():
-    key, layout = names.torch_key(path)
-    out[key] = names.to_torch(value, layout)
+    key, layout = table.torch_key(path)
+    out[key] = table.to_torch(value, layout)
   return out

@@ -78,10 +78,9 @@ def split_schema(name: str) -> tuple[str | None, str]:
   return None, name
 
 
-def resolve_repo_files(schema: str, identifier: str, cache_dir: str | None = None
-                       ) -> tuple[Path, Path]:
-  """(open_clip_config.json, weights file) of an `hf-hub:` or `local-dir:` model."""
-  from clic_jax.interop.files import CONFIG_FILE, find_weights_in_dir
+def config_file(schema: str, identifier: str, cache_dir: str | None = None) -> Path:
+  """open_clip_config.json of an `hf-hub:` or `local-dir:` model (downloaded for hf-hub)."""
+  from clic_jax.interop.files import CONFIG_FILE
   if schema == "local-dir":
     directory = Path(os.path.expanduser(identifier))
     if not directory.is_dir():
@@ -89,6 +88,15 @@ def resolve_repo_files(schema: str, identifier: str, cache_dir: str | None = Non
     if not (directory / CONFIG_FILE).is_file():
       raise FileNotFoundError(f"local-dir:{identifier} has no {CONFIG_FILE}; export with "
                               "clic_jax.export_open_clip(name, params, DIR) to write one.")
-    return directory / CONFIG_FILE, find_weights_in_dir(directory)
-  config = download(identifier, CONFIG_FILE, cache_dir)
+    return directory / CONFIG_FILE
+  return download(identifier, CONFIG_FILE, cache_dir)
+
+
+def resolve_repo_files(schema: str, identifier: str, cache_dir: str | None = None
+                       ) -> tuple[Path, Path]:
+  """(open_clip_config.json, weights file) of an `hf-hub:` or `local-dir:` model."""
+  from clic_jax.interop.files import find_weights_in_dir
+  config = config_file(schema, identifier, cache_dir)
+  if schema == "local-dir":
+    return config, find_weights_in_dir(config.parent)
   return config, download_weights(identifier, cache_dir)

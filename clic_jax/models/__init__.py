@@ -5,9 +5,11 @@ import jax
 import jax.numpy as jnp
 
 from clic_jax.models.clip import CLIP
+from clic_jax.models.families import model_class, name_table
+from clic_jax.models.open_clip_schema import (UnsupportedArchitectureError, config_from_open_clip,
+                                              config_to_open_clip)
 from clic_jax.models.registry import (ClipConfig, TextConfig, UnknownModelError, VisionConfig,
-                                      config_from_open_clip, config_to_open_clip, get_model_config,
-                                      known_models)
+                                      get_model_config, known_models, rows_trimmable)
 
 
 def build_model(name: str | ClipConfig, dtype=jnp.float32, remat: bool = False,
@@ -17,8 +19,9 @@ def build_model(name: str | ClipConfig, dtype=jnp.float32, remat: bool = False,
   scan_layers: None runs the transformer blocks under lax.scan on CPU and unrolled elsewhere;
   the parameters are the same either way.
   """
-  return CLIP(get_model_config(name), dtype=dtype, remat=remat, attention_impl=attention_impl,
-              scan_layers=scan_layers)
+  cfg = get_model_config(name)
+  return model_class(cfg.family)(cfg, dtype=dtype, remat=remat, attention_impl=attention_impl,
+                                 scan_layers=scan_layers)
 
 
 def init_params(model: CLIP, seed: int = 0):
@@ -37,4 +40,4 @@ def create_model(name: str | ClipConfig, seed: int = 0, **model_kwargs):
 
 __all__ = ["CLIP", "ClipConfig", "TextConfig", "VisionConfig", "UnknownModelError", "build_model",
            "create_model", "init_params", "config_from_open_clip", "config_to_open_clip",
-           "get_model_config", "known_models"]
+           "get_model_config", "known_models", "model_class", "name_table", "rows_trimmable", "UnsupportedArchitectureError"]

@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from clic_jax.models.registry import ClipConfig, TextConfig, VisionConfig
+from clic_jax.models.registry import ClipConfig, TextConfig, VisionConfig, rows_trimmable
 
 Dtype = Any
 
@@ -30,13 +30,23 @@ def exact_gelu(x):
   return jax.nn.gelu(x, approximate=False)
 
 
+def tanh_gelu(x):
+  # torch.nn.GELU(approximate="tanh"), which CLIPS's text tower uses.
+  return jax.nn.gelu(x, approximate=True)
+
+
+def activation(quick: bool, tanh: bool) -> Callable:
+  return quick_gelu if quick else tanh_gelu if tanh else exact_gelu
+
+
 def _normal(std: float) -> Callable:
   return nn.initializers.normal(stddev=std)
 
 
 class LayerNorm(nn.Module):
-  """torch LayerNorm (eps 1e-5) computed in float32; output in `dtype` (like LayerNormFp32)."""
+  """torch LayerNorm computed in float32; output in `dtype` (like LayerNormFp32)."""
   dtype: Dtype = jnp.float32
+  eps: float = 1e-5
 
   @nn.compact
   def __call__(self, x):
@@ -46,7 +56,7 @@ class LayerNorm(nn.Module):
     x32 = x.astype(jnp.float32)
     mean = x32.mean(-1, keepdims=True)
     var = jnp.square(x32 - mean).mean(-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + 1e-5) * scale + bias
+    y = (x32 - mean) * jax.lax.rsqrt(var + self.eps) * scale + bias
     return y.astype(self.dtype)
 
 
@@ -135,11 +145,12 @@ class Mlp(nn.Module):
   fc_std: float
   proj_std: float
   dtype: Dtype = jnp.float32
+  gelu_tanh: bool = False
 
   @nn.compact
   def __call__(self, x):
     x = nn.Dense(self.hidden, dtype=self.dtype, kernel_init=_normal(self.fc_std), name="c_fc")(x)
-    x = quick_gelu(x) if self.quick_gelu else exact_gelu(x)
+    x = activation(self.quick_gelu, self.gelu_tanh)(x)
     return nn.Dense(self.width, dtype=self.dtype, kernel_init=_normal(self.proj_std),
                     name="c_proj")(x)
 
@@ -153,6 +164,8 @@ class ResidualAttentionBlock(nn.Module):
   quick_gelu: bool
   dtype: Dtype = jnp.float32
   attention_impl: str | None = None
+  gelu_tanh: bool = False
+  norm_eps: float = 1e-5
 
   @nn.compact
   def __call__(self, x, query_index=None):
@@ -163,12 +176,12 @@ class ResidualAttentionBlock(nn.Module):
     attn = MultiHeadAttention(self.width, self.heads, self.causal, attn_std, proj_std, self.dtype,
                               self.attention_impl, name="attn")
     mlp = Mlp(self.width, int(self.width * self.mlp_ratio), self.quick_gelu, fc_std, proj_std,
-              self.dtype, name="mlp")
-    attended = attn(LayerNorm(self.dtype, name="ln_1")(x), query_index)
+              self.dtype, self.gelu_tanh, name="mlp")
+    attended = attn(LayerNorm(self.dtype, self.norm_eps, name="ln_1")(x), query_index)
     if query_index is not None:            # one query per sequence: keep its residual row only
       x = _rows_at(x, query_index)
     x = x + attended
-    x = x + mlp(LayerNorm(self.dtype, name="ln_2")(x))
+    x = x + mlp(LayerNorm(self.dtype, self.norm_eps, name="ln_2")(x))
     return x
 
 
@@ -192,6 +205,13 @@ class Transformer(nn.Module):
   # With a query_index, run the last block for that position only (False: for every token, then
   # pick the position, as open_clip does; kept for comparison).
   pooled_last_block: bool = True
+  gelu_tanh: bool = False
+  norm_eps: float = 1e-5
+
+  def _block_options(self) -> tuple:
+    """ResidualAttentionBlock's fields after `layers`, in order."""
+    return (self.causal, self.quick_gelu, self.dtype, self.attention_impl, self.gelu_tanh,
+            self.norm_eps)
 
   @nn.compact
   def __call__(self, x, query_index=None):
@@ -211,9 +231,8 @@ class Transformer(nn.Module):
     else:
       block = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
       for i in range(self.layers):
-        x = block(self.width, self.heads, self.mlp_ratio, self.layers, self.causal,
-                  self.quick_gelu, self.dtype, self.attention_impl, name=f"resblocks_{i}")(
-                      x, last_index if i == self.layers - 1 else None)
+        x = block(self.width, self.heads, self.mlp_ratio, self.layers, *self._block_options(),
+                  name=f"resblocks_{i}")(x, last_index if i == self.layers - 1 else None)
     if query_index is None:
       return x
     return (x if last_index is not None else _rows_at(x, query_index))[:, 0]
@@ -222,8 +241,7 @@ class Transformer(nn.Module):
     params = self.variables["params"]
     scanned = self.layers - (query_index is not None)   # the pooled last block runs after the loop
     template = ResidualAttentionBlock(self.width, self.heads, self.mlp_ratio, self.layers,
-                                      self.causal, self.quick_gelu, self.dtype,
-                                      self.attention_impl, parent=None)   # unbound: pure apply
+                                      *self._block_options(), parent=None)   # unbound: pure apply
 
     def body(carry, block_params):
       return template.apply({"params": block_params}, carry), None
@@ -254,8 +272,9 @@ class VisionTransformer(nn.Module):
 
   @nn.compact
   def __call__(self, images, patch_tokens: bool = False):
-    """images (B, H, W, 3) -> (B, output_dim); with patch_tokens also every patch's output after
-    ln_post, (B, grid*grid, width) (dense features, e.g. for a VLM or dense supervision)."""
+    """images (B, H, W, 3) -> (B, output_dim); with patch_tokens also every patch's output,
+    (B, grid*grid, width) (dense features, e.g. for a VLM or dense supervision): after ln_post,
+    except where ln_post follows the pooling (final_ln_after_pool), as open_clip returns them."""
     c = self.cfg
     scale = c.width ** -0.5
     x = nn.Conv(c.width, (c.patch_size, c.patch_size), strides=(c.patch_size, c.patch_size),
@@ -268,17 +287,33 @@ class VisionTransformer(nn.Module):
                      jnp.float32)
     x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, c.width)), x], axis=1)
     x = x + pos.astype(self.dtype)
-    x = LayerNorm(self.dtype, name="ln_pre")(x)
+    if not c.no_ln_pre:                 # CLIPA/CLIPS have no ln_pre (and no ln_pre parameters)
+      x = LayerNorm(self.dtype, c.norm_eps, name="ln_pre")(x)
     transformer = Transformer(c.width, c.layers, c.heads, c.mlp_ratio, False, self.quick_gelu,
                               self.dtype, self.remat, self.attention_impl, self.scan_layers,
-                              self.pooled_last_block, name="transformer")
-    ln_post = LayerNorm(jnp.float32, name="ln_post")
+                              self.pooled_last_block, c.gelu_tanh, c.norm_eps, name="transformer")
+    ln_post = LayerNorm(jnp.float32, c.norm_eps, name="ln_post")
     proj = self.param("proj", _normal(scale), (c.width, self.output_dim), jnp.float32)
-    if patch_tokens:
-      x = ln_post(transformer(x))                       # every token: (B, 1 + grid*grid, W)
-      return x[:, 0] @ proj, x[:, 1:]
-    x = transformer(x, jnp.zeros((b,), jnp.int32))       # the class token only: (B, W)
-    return ln_post(x) @ proj                             # LN is per token
+    if c.pool_type == "tok" and not patch_tokens:
+      x = transformer(x, jnp.zeros((b,), jnp.int32))     # the class token only: (B, W)
+      return ln_post(x) @ proj                           # LN is per token
+    x = transformer(x)                                   # every token: (B, 1 + grid*grid, W)
+    if not c.final_ln_after_pool:
+      x = ln_post(x)
+    pooled = x[:, 0] if c.pool_type == "tok" else x[:, 1:].astype(jnp.float32).mean(axis=1)
+    if c.final_ln_after_pool:
+      pooled = ln_post(pooled)
+    return (pooled @ proj, x[:, 1:]) if patch_tokens else pooled @ proj
+
+
+# The position each text row is pooled at, by open_clip's text pool_type.
+TEXT_POOL_INDEX: dict[str, Callable] = {
+    # the end-of-text token, which has the largest id in CLIP's vocabulary
+    "argmax": lambda tokens: jnp.argmax(tokens, axis=-1),
+    # the row's last position (CLIPA/CLIPS: a padding position or the truncated end)
+    "last": lambda tokens: jnp.full(tokens.shape[:1], tokens.shape[1] - 1, jnp.int32),
+    "first": lambda tokens: jnp.zeros(tokens.shape[:1], jnp.int32),
+}
 
 
 class CLIP(nn.Module):
@@ -301,10 +336,10 @@ class CLIP(nn.Module):
                                     param_dtype=jnp.float32, dtype=self.dtype)
     self.positional_embedding = self.param("positional_embedding", _normal(0.01),
                                            (c.context_length, c.width), jnp.float32)
-    self.transformer = Transformer(c.width, c.layers, c.heads, c.mlp_ratio, True,
+    self.transformer = Transformer(c.width, c.layers, c.heads, c.mlp_ratio, c.causal,
                                    self.cfg.quick_gelu, self.dtype, self.remat, self.attention_impl,
-                                   self.scan_layers, self.pooled_last_block)
-    self.ln_final = LayerNorm(jnp.float32)
+                                   self.scan_layers, self.pooled_last_block, c.gelu_tanh, c.norm_eps)
+    self.ln_final = LayerNorm(jnp.float32, c.norm_eps)
     self.text_projection = self.param("text_projection", _normal(c.width ** -0.5),
                                       (c.width, self.cfg.embed_dim), jnp.float32)
     self.logit_scale = self.param("logit_scale", nn.initializers.constant(math.log(1 / 0.07)),
@@ -319,12 +354,20 @@ class CLIP(nn.Module):
     return self.visual(images, patch_tokens=True)
 
   def encode_text(self, tokens):
-    """tokens: (N, L) int, L <= context_length. Returns unnormalized float32 features (N, D)."""
+    """tokens: (N, L) int, L <= context_length. Returns unnormalized float32 features (N, D).
+
+    Rows shorter than context_length are exact for causal towers pooling the end-of-text token
+    (padding columns cut off, see `rows_trimmable`); for the others they are padded back first,
+    because every position, padding included, reaches their pooled token.
+    """
+    c = self.cfg.text
     tokens = jnp.asarray(tokens)
+    if not rows_trimmable(self.cfg) and tokens.shape[1] < c.context_length:
+      tokens = jnp.pad(tokens, ((0, 0), (0, c.context_length - tokens.shape[1])),
+                       constant_values=c.pad_id)
     x = self.token_embedding(tokens)
     x = x + self.positional_embedding[: tokens.shape[1]].astype(self.dtype)
-    # Pool at the end-of-text token, which has the largest id in CLIP's vocabulary.
-    pooled = self.transformer(x, jnp.argmax(tokens, axis=-1))                # (N, W)
+    pooled = self.transformer(x, TEXT_POOL_INDEX[c.pool_type](tokens))     # (N, W)
     return self.ln_final(pooled) @ self.text_projection
 
   def __call__(self, images, tokens):

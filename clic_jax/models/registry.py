@@ -1,12 +1,13 @@
-"""Architecture registry: CLIP sizes by open_clip name, and parsing of open_clip's config schema.
+"""Architecture registry: CLIP architectures by open_clip name.
 
-Sizes are open_clip's published model configs (facts, not code). A name ending in `-quickgelu`
-selects QuickGELU, which OpenAI's weights need; everything else uses exact (erf) GELU.
+Sizes and tower options are open_clip's published model configs (facts, not code). A name ending
+in `-quickgelu` selects QuickGELU, which OpenAI's weights need; everything else uses exact (erf)
+GELU unless the config asks for the tanh approximation. Parsing open_clip's config schema lives
+in `open_clip_schema`.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -17,6 +18,13 @@ class VisionConfig:
   layers: int = 12
   head_width: int = 64
   mlp_ratio: float = 4.0
+  # open_clip tower options (defaults: OpenAI's ViT). CLIPA/CLIPS drop ln_pre and average the
+  # patch tokens, normalizing after the average.
+  no_ln_pre: bool = False
+  pool_type: str = "tok"                 # "tok": class token; "avg": mean of the patch tokens
+  final_ln_after_pool: bool = False      # ln_post on the pooled vector instead of every token
+  norm_eps: float = 1e-5                 # LayerNorm eps (open_clip's norm_kwargs.eps)
+  gelu_tanh: bool = False                # GELU's tanh approximation (act_kwargs.approximate)
 
   @property
   def heads(self) -> int:
@@ -35,6 +43,14 @@ class TextConfig:
   heads: int = 8
   layers: int = 12
   mlp_ratio: float = 4.0
+  causal: bool = True                    # False: open_clip's no_causal_mask (bidirectional)
+  pool_type: str = "argmax"              # "argmax" (EOT, the largest id), "last", "first"
+  norm_eps: float = 1e-5
+  gelu_tanh: bool = False
+  pad_id: int = 0                        # the tokenizer's padding id
+  # Hugging Face tokenizer (a hub repository or a local directory) instead of CLIP's BPE.
+  hf_tokenizer_name: str | None = None
+  strip_sep_token: bool = False          # tokenizer_kwargs.strip_sep_token: [SEP] -> pad
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,29 +59,107 @@ class ClipConfig:
   vision: VisionConfig
   text: TextConfig
   quick_gelu: bool = False
+  family: str = "vit"                    # the modules that build it (models.families)
 
 
-_BASE = {
-    "ViT-B-32": ClipConfig(512, VisionConfig(224, 32, 768, 12), TextConfig(width=512, heads=8)),
-    "ViT-B-16": ClipConfig(512, VisionConfig(224, 16, 768, 12), TextConfig(width=512, heads=8)),
-    "ViT-L-14": ClipConfig(768, VisionConfig(224, 14, 1024, 24), TextConfig(width=768, heads=12)),
-    "ViT-L-14-336": ClipConfig(768, VisionConfig(336, 14, 1024, 24),
-                               TextConfig(width=768, heads=12)),
+def rows_trimmable(cfg: ClipConfig) -> bool:
+  """Whether cutting padding columns off token rows leaves the text embedding unchanged.
+
+  Exact only for a causal tower that pools the end-of-text token: no position before the pad
+  sees the pads. A bidirectional tower attends to the pads (open_clip has no padding mask), and
+  "last"/"first" pooling reads a position whose value depends on the padded length.
+  """
+  return cfg.text.causal and cfg.text.pool_type == "argmax"
+
+
+# Vision and text options of CLIPA (open_clip's ViT-*-CLIPA configs).
+_CLIPA_VISION = dict(no_ln_pre=True, pool_type="avg", final_ln_after_pool=True)
+_CLIPA_TEXT = dict(context_length=32, vocab_size=32000, causal=False, pool_type="last",
+                   hf_tokenizer_name="bert-base-uncased", strip_sep_token=True)
+# CLIPS (UCSC-VLAA's hub configs): CLIPA's towers with LayerNorm eps 1e-6, a tanh-GELU text tower
+# and 80 text positions.
+_CLIPS_VISION = dict(_CLIPA_VISION, norm_eps=1e-6)
+_CLIPS_TEXT = dict(_CLIPA_TEXT, context_length=80, norm_eps=1e-6, gelu_tanh=True)
+
+
+def _clip(embed_dim, image_size, patch_size, width, layers, text_width, text_heads,
+          text_layers=12, head_width=64, mlp_ratio=4.0, vision=(), text=()) -> ClipConfig:
+  return ClipConfig(embed_dim,
+                    VisionConfig(image_size, patch_size, width, layers, head_width, mlp_ratio,
+                                 **dict(vision)),
+                    TextConfig(width=text_width, heads=text_heads, layers=text_layers,
+                               **dict(text)))
+
+
+# Architectures that also come as "-quickgelu" (OpenAI-style towers; QuickGELU is a fact of the
+# weights, not of the shape).
+_OPENAI_STYLE = {
+    "ViT-B-32": _clip(512, 224, 32, 768, 12, 512, 8),
+    "ViT-B-16": _clip(512, 224, 16, 768, 12, 512, 8),
+    "ViT-L-14": _clip(768, 224, 14, 1024, 24, 768, 12),
+    "ViT-L-14-336": _clip(768, 336, 14, 1024, 24, 768, 12),
+    "ViT-H-14": _clip(1024, 224, 14, 1280, 32, 1024, 16, 24, head_width=80),
+    "ViT-bigG-14": _clip(1280, 224, 14, 1664, 48, 1280, 20, 32, head_width=104,
+                         mlp_ratio=4.9231),
     # Tiny architectures for tests and the offline demo. Same code path, a few thousand times smaller.
     "tiny": ClipConfig(32, VisionConfig(32, 8, 64, 2, head_width=16),
                        TextConfig(width=64, heads=4, layers=2)),
     "tiny-64": ClipConfig(64, VisionConfig(64, 8, 128, 4, head_width=32),
                           TextConfig(width=128, heads=4, layers=4)),
 }
+_OTHERS = {
+    "ViT-L-14-CLIPA": _clip(768, 224, 14, 1024, 24, 768, 12, vision=_CLIPA_VISION,
+                            text=_CLIPA_TEXT),
+    "ViT-L-14-CLIPA-336": _clip(768, 336, 14, 1024, 24, 768, 12, vision=_CLIPA_VISION,
+                                text=_CLIPA_TEXT),
+    "ViT-H-14-CLIPA": _clip(1024, 224, 14, 1280, 32, 1024, 16, 24, head_width=80,
+                            vision=_CLIPA_VISION, text=_CLIPA_TEXT),
+    "ViT-H-14-CLIPA-336": _clip(1024, 336, 14, 1280, 32, 1024, 16, 24, head_width=80,
+                                vision=_CLIPA_VISION, text=_CLIPA_TEXT),
+    "ViT-bigG-14-CLIPA": _clip(1280, 224, 14, 1664, 48, 1280, 20, 32, head_width=104,
+                               mlp_ratio=4.9231, vision=_CLIPA_VISION, text=_CLIPA_TEXT),
+    "ViT-bigG-14-CLIPA-336": _clip(1280, 336, 14, 1664, 48, 1280, 20, 32, head_width=104,
+                                   mlp_ratio=4.9231, vision=_CLIPA_VISION, text=_CLIPA_TEXT),
+    # UCSC-VLAA/ViT-L-14-CLIPS-224-Recap-DataComp-1B (loading it by 'hf-hub:' reads the sizes from
+    # the repository's own open_clip_config.json instead).
+    "ViT-L-14-CLIPS-224": _clip(1024, 224, 14, 1024, 24, 768, 12, vision=_CLIPS_VISION,
+                                text=_CLIPS_TEXT),
+    # CLIPA's towers at tiny widths for tests, with CLIP's tokenizer so it trains offline.
+    "tiny-clipa": ClipConfig(32, VisionConfig(32, 8, 64, 2, head_width=16, **_CLIPA_VISION),
+                             TextConfig(width=64, heads=4, layers=2, causal=False,
+                                        pool_type="last")),
+}
 
-MODEL_CONFIGS: dict[str, ClipConfig] = {}
-for _name, _cfg in _BASE.items():
+MODEL_CONFIGS: dict[str, ClipConfig] = dict(_OTHERS)
+for _name, _cfg in _OPENAI_STYLE.items():
   MODEL_CONFIGS[_name] = _cfg
   MODEL_CONFIGS[_name + "-quickgelu"] = dataclasses.replace(_cfg, quick_gelu=True)
 
 
 class UnknownModelError(ValueError):
   pass
+
+
+# open_clip model families with no Flax port here, by name prefix: what each one would need.
+UNBUILT_FAMILIES = {
+    "EVA": "a port of timm's EVA02 image tower (rotary embeddings, SwiGLU)",
+    "convnext": "a port of timm's ConvNeXt image tower",
+    "RN": "a port of open_clip's ModifiedResNet image tower (attention pooling)",
+    "coca": "CoCa's multimodal text decoder and attentional poolers",
+    "ViT-SO400M": "SigLIP's attention-pool head and sigmoid loss",
+    "ViT-B-16-SigLIP": "SigLIP's attention-pool head and sigmoid loss",
+    "MobileCLIP": "a port of MobileCLIP's hybrid image tower",
+    "xlm-roberta": "a port of the Hugging Face text tower",
+    "roberta": "a port of the Hugging Face text tower",
+    "mt5": "a port of the Hugging Face text tower",
+}
+
+
+def missing_family(name: str) -> str | None:
+  """What an open_clip name needs that clic_jax lacks, or None for a name it does not know."""
+  lowered = name.lower()
+  return next((need for prefix, need in UNBUILT_FAMILIES.items()
+               if lowered.startswith(prefix.lower())), None)
 
 
 def known_models() -> list[str]:
@@ -77,68 +171,11 @@ def get_model_config(name: str | ClipConfig) -> ClipConfig:
   if isinstance(name, ClipConfig):
     return name
   if name not in MODEL_CONFIGS:
+    missing = missing_family(name)
+    if missing:
+      raise UnknownModelError(f"{name!r} is an open_clip architecture clic_jax cannot build yet: "
+                              f"it needs {missing}. Supported: {', '.join(known_models())}.")
     raise UnknownModelError(
         f"Unknown model {name!r}. Known models: {', '.join(known_models())}. Architectures "
         "described by an open_clip_config.json load through 'hf-hub:ORG/REPO' or 'local-dir:DIR'.")
   return MODEL_CONFIGS[name]
-
-
-# Keys of open_clip's vision_cfg / text_cfg that change the computation and that this port does not
-# implement. A config using them is rejected instead of silently computing something else.
-_UNSUPPORTED_VISION = ("timm_model_name", "attentional_pool", "ls_init_value", "patch_dropout",
-                       "final_ln_after_pool", "no_ln_pre", "attn_pooler_queries", "output_tokens")
-_UNSUPPORTED_TEXT = ("hf_model_name", "ls_init_value", "embed_cls", "no_causal_mask", "proj_bias",
-                     "final_ln_after_pool")
-_ALLOWED_POOL = {"vision": ("tok",), "text": ("argmax",)}
-
-
-def config_from_open_clip(model_cfg: Mapping[str, Any]) -> ClipConfig:
-  """Parses the `model_cfg` of an open_clip_config.json (open_clip's model config schema)."""
-  if "model_cfg" in model_cfg:
-    model_cfg = model_cfg["model_cfg"]
-  try:
-    vc, tc = dict(model_cfg["vision_cfg"]), dict(model_cfg["text_cfg"])
-    embed_dim = int(model_cfg["embed_dim"])
-  except KeyError as e:
-    raise ValueError(f"open_clip model config lacks {e}; got keys {sorted(model_cfg)}") from None
-  for key in _UNSUPPORTED_VISION:
-    if vc.get(key) not in (None, False, 0, 0.0):
-      raise ValueError(f"vision_cfg.{key}={vc[key]!r} is not supported by clic_jax's ViT")
-  for key in _UNSUPPORTED_TEXT:
-    if tc.get(key) not in (None, False, 0, 0.0):
-      raise ValueError(f"text_cfg.{key}={tc[key]!r} is not supported by clic_jax's text tower")
-  if vc.get("pool_type", "tok") not in _ALLOWED_POOL["vision"]:
-    raise ValueError(f"vision_cfg.pool_type={vc['pool_type']!r} is not supported (only 'tok')")
-  if tc.get("pool_type", "argmax") not in _ALLOWED_POOL["text"]:
-    raise ValueError(f"text_cfg.pool_type={tc['pool_type']!r} is not supported (only 'argmax')")
-  image_size = vc.get("image_size", 224)
-  if isinstance(image_size, (list, tuple)):
-    if len(set(image_size)) != 1:
-      raise ValueError(f"non-square image_size {image_size} is not supported")
-    image_size = image_size[0]
-  vision = VisionConfig(
-      image_size=int(image_size), patch_size=int(vc.get("patch_size", 16)),
-      width=int(vc.get("width", 768)), layers=int(vc.get("layers", 12)),
-      head_width=int(vc.get("head_width", 64)), mlp_ratio=float(vc.get("mlp_ratio", 4.0)))
-  text = TextConfig(
-      context_length=int(tc.get("context_length", 77)), vocab_size=int(tc.get("vocab_size", 49408)),
-      width=int(tc.get("width", 512)), heads=int(tc.get("heads", 8)),
-      layers=int(tc.get("layers", 12)), mlp_ratio=float(tc.get("mlp_ratio", 4.0)))
-  return ClipConfig(embed_dim, vision, text, quick_gelu=bool(model_cfg.get("quick_gelu", False)))
-
-
-def config_to_open_clip(cfg: ClipConfig) -> dict[str, Any]:
-  """The inverse of `config_from_open_clip`: a `model_cfg` open_clip can build."""
-  v, t = cfg.vision, cfg.text
-  out: dict[str, Any] = {
-      "embed_dim": cfg.embed_dim,
-      "vision_cfg": {"image_size": v.image_size, "layers": v.layers, "width": v.width,
-                     "head_width": v.head_width, "mlp_ratio": v.mlp_ratio,
-                     "patch_size": v.patch_size},
-      "text_cfg": {"context_length": t.context_length, "vocab_size": t.vocab_size,
-                   "width": t.width, "heads": t.heads, "layers": t.layers,
-                   "mlp_ratio": t.mlp_ratio},
-  }
-  if cfg.quick_gelu:
-    out["quick_gelu"] = True
-  return out
