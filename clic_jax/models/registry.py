@@ -120,9 +120,9 @@ _OTHERS = {
                                mlp_ratio=4.9231, vision=_CLIPA_VISION, text=_CLIPA_TEXT),
     "ViT-bigG-14-CLIPA-336": _clip(1280, 336, 14, 1664, 48, 1280, 20, 32, head_width=104,
                                    mlp_ratio=4.9231, vision=_CLIPA_VISION, text=_CLIPA_TEXT),
-    # UCSC-VLAA/ViT-L-14-CLIPS-224-Recap-DataComp-1B (loading it by 'hf-hub:' reads the sizes from
-    # the repository's own open_clip_config.json instead).
-    "ViT-L-14-CLIPS-224": _clip(1024, 224, 14, 1024, 24, 768, 12, vision=_CLIPS_VISION,
+    # UCSC-VLAA/ViT-L-14-CLIPS-224-Recap-DataComp-1B: CLIPA-L-14's sizes with CLIPS's options
+    # (sizes not checked against the hub here; 'hf-hub:' reads the repository's own config).
+    "ViT-L-14-CLIPS-224": _clip(768, 224, 14, 1024, 24, 768, 12, vision=_CLIPS_VISION,
                                 text=_CLIPS_TEXT),
     # CLIPA's towers at tiny widths for tests, with CLIP's tokenizer so it trains offline.
     "tiny-clipa": ClipConfig(32, VisionConfig(32, 8, 64, 2, head_width=16, **_CLIPA_VISION),
