@@ -4,6 +4,8 @@
   model, params = load_open_clip("ViT-B-16", "weights.safetensors")       # or .bin/.pt/.npz/dict
   model, params = load_open_clip("hf-hub:nmndeep/CLIC-ViT-B-32-224-CogVLM")  # config from the repo
   export_open_clip("ViT-B-32-quickgelu", params, "out.safetensors")       # or a directory
+  export_transformers("ViT-B-32-quickgelu", params, "hf_dir/")    # transformers.CLIPModel format
+  model, params = load_transformers("hf_dir/")
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from clic_jax.interop.convert import (CheckpointMismatchError, params_to_state_d
                                       state_dict_to_params)
 from clic_jax.interop.files import (CONFIG_FILE, read_open_clip_config, read_state_dict,
                                     write_safetensors)
+from clic_jax.interop.transformers_format import export_transformers, load_transformers
 from clic_jax.models import (ClipConfig, build_model, config_from_open_clip, config_to_open_clip,
                              get_model_config)
 
@@ -96,5 +99,6 @@ def export_open_clip(name: str | ClipConfig, params: Mapping, path: str | os.Pat
   return path
 
 
-__all__ = ["CheckpointMismatchError", "export_open_clip", "load_open_clip", "params_to_state_dict",
-           "read_state_dict", "resolve", "state_dict_to_params"]
+__all__ = ["CheckpointMismatchError", "export_open_clip", "export_transformers", "load_open_clip",
+           "load_transformers", "params_to_state_dict", "read_state_dict", "resolve",
+           "state_dict_to_params"]
