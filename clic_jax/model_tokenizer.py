@@ -12,6 +12,7 @@ directory itself), every other model CLIP's BPE tokenizer; the context length is
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
@@ -69,9 +70,9 @@ def get_tokenizer(name: str | ClipConfig, context_length: int | None = None,
       config_path.parent if schema == "local-dir" else None, cache_dir)
 
 
-def tokenize_fn(name: str | ClipConfig, context_length: int | None = None
-                ) -> Callable[[Sequence[str]], np.ndarray]:
-  """get_tokenizer's tokenizer with the row length fixed (the data pipeline's TokenizeFn)."""
-  tokenizer = get_tokenizer(name, context_length)
-  length = context_length or tokenizer.context_length
-  return lambda texts: tokenizer(texts, length)
+def tokenize_fn(name: str | ClipConfig, context_length: int | None = None,
+                cache_dir: str | None = None) -> Callable[[Sequence[str]], np.ndarray]:
+  """get_tokenizer's tokenizer with the row length fixed: the data pipeline's TokenizeFn
+  (picklable, so process workers get their own copy)."""
+  tokenizer = get_tokenizer(name, context_length, cache_dir)
+  return functools.partial(tokenizer, context_length=context_length or tokenizer.context_length)
