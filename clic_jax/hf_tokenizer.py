@@ -23,9 +23,14 @@ import numpy as np
 
 from clic_jax.tokenizer import clean_whitespace, text_list
 
-TOKENIZER_JSON, VOCAB_TXT = "tokenizer.json", "vocab.txt"
-CONFIG_FILES = ("tokenizer_config.json", "special_tokens_map.json")
-TOKENIZER_FILES = (TOKENIZER_JSON, VOCAB_TXT) + CONFIG_FILES
+TOKENIZER_JSON, VOCAB_TXT, TOKENIZER_CONFIG = "tokenizer.json", "vocab.txt", "tokenizer_config.json"
+CONFIG_FILES = (TOKENIZER_CONFIG, "special_tokens_map.json")
+MODEL_CONFIG = "config.json"        # the hub's bert-base-uncased names its tokenizer class here only
+TOKENIZER_FILES = (TOKENIZER_JSON, VOCAB_TXT) + CONFIG_FILES + (MODEL_CONFIG,)
+# BERT's special tokens, by transformers' attribute names.
+BERT_SPECIAL_TOKENS = {"pad_token": "[PAD]", "sep_token": "[SEP]", "cls_token": "[CLS]",
+                       "unk_token": "[UNK]", "mask_token": "[MASK]"}
+_TOKENIZER_CLASS = {"bert": "BertTokenizer"}
 
 
 def _tokenizers():
@@ -60,6 +65,7 @@ class HfTokenizer:
         settings.update(json.loads((directory / name).read_text(encoding="utf-8")))
     self._json = self._pipeline_json(directory, settings)
     backend = _tokenizers().Tokenizer.from_str(self._json)
+    self.settings = self._complete_settings(directory, settings, backend)
     self.pad_token = _special_token(settings, "pad_token", "[PAD]")
     self.pad_id = backend.token_to_id(self.pad_token)
     self.sep_id = backend.token_to_id(_special_token(settings, "sep_token", "[SEP]"))
@@ -67,6 +73,20 @@ class HfTokenizer:
       raise ValueError(f"The tokenizer in {directory} has no padding token {self.pad_token!r}.")
     self.vocab_size = backend.get_vocab_size()
     self._backends: dict[int, Any] = {}   # one configured pipeline per row length
+
+  @staticmethod
+  def _complete_settings(directory: Path, settings: dict[str, Any], backend) -> dict[str, Any]:
+    """tokenizer_config.json as save_pretrained writes it: the tokenizer class and special tokens
+    spelled out, so transformers loads a copy without the hub's model config.json."""
+    settings = dict(settings)
+    if "tokenizer_class" not in settings and (directory / MODEL_CONFIG).is_file():
+      model_type = json.loads((directory / MODEL_CONFIG).read_text()).get("model_type")
+      if model_type in _TOKENIZER_CLASS:
+        settings["tokenizer_class"] = _TOKENIZER_CLASS[model_type]
+    for name, token in BERT_SPECIAL_TOKENS.items():
+      if name not in settings and backend.token_to_id(token) is not None:
+        settings[name] = token
+    return settings
 
   @staticmethod
   def _pipeline_json(directory: Path, settings: dict[str, Any]) -> str:
@@ -101,15 +121,19 @@ class HfTokenizer:
     return ids
 
   def save(self, directory: str | os.PathLike) -> list[Path]:
-    """Copies the tokenizer files into `directory` (open_clip's local-dir reads them there)."""
+    """Writes the tokenizer into `directory` (open_clip's local-dir reads it there): the
+    vocabulary files and a complete tokenizer_config.json (never the model's config.json, a name
+    a model directory may use for its own config)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for name in self.files:
-      if (self.directory / name).resolve() != (directory / name).resolve():
-        shutil.copyfile(self.directory / name, directory / name)
-      written.append(directory / name)
-    return written
+    for name in (TOKENIZER_JSON, VOCAB_TXT):
+      if name in self.files:
+        if (self.directory / name).resolve() != (directory / name).resolve():
+          shutil.copyfile(self.directory / name, directory / name)
+        written.append(directory / name)
+    (directory / TOKENIZER_CONFIG).write_text(json.dumps(self.settings, indent=2))
+    return written + [directory / TOKENIZER_CONFIG]
 
 
 def hf_tokenizer_directory(name: str, cache_dir: str | None = None) -> Path:

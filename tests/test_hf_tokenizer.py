@@ -121,3 +121,22 @@ def test_errors(tmp_path):
     clic_jax.get_tokenizer("ViT-B-33")
   with pytest.raises(TypeError, match="index 1 is a int"):
     HfTokenizer(write_bert_tokenizer(tmp_path / "t", ["a b"], 200), 8)(["a", 3])
+
+
+def test_export_puts_the_tokenizer_beside_the_weights(tmp_path, strings):
+  """open_clip's local-dir reads an HF tokenizer from the model directory: export copies it there
+  (here from a local folder named by hf_tokenizer_name)."""
+  import dataclasses
+  bert = write_bert_tokenizer(tmp_path / "bert", strings[:1000])
+  from clic_jax.models import get_model_config
+  cfg = get_model_config("tiny-clipa")
+  cfg = dataclasses.replace(cfg, text=dataclasses.replace(
+      cfg.text, hf_tokenizer_name=str(bert), strip_sep_token=True, context_length=24,
+      vocab_size=2000))
+  _, params = clic_jax.create_model(cfg)
+  out = clic_jax.export_open_clip(cfg, params, tmp_path / "export")
+  assert (out / "tokenizer.json").is_file()
+  ours = clic_jax.get_tokenizer(f"local-dir:{out}")
+  theirs = open_clip.get_tokenizer(f"local-dir:{out}")
+  _assert_equal(ours(strings[:300]), theirs(strings[:300]).numpy(), strings[:300])
+  assert ours(["a"]).shape == (1, 24)

@@ -82,7 +82,8 @@ def export_open_clip(name: str | ClipConfig, params: Mapping, path: str | os.Pat
   A path ending in .safetensors gets the file only (load with
   `open_clip.create_model(name, pretrained=path)`); any other path is a directory with
   open_clip_model.safetensors and open_clip_config.json (load with `local-dir:DIR` or push to the
-  Hugging Face hub and load with `hf-hub:`).
+  Hugging Face hub and load with `hf-hub:`); a model with a Hugging Face tokenizer (CLIPA, CLIPS)
+  also gets its tokenizer files there.
   """
   cfg = get_model_config(name)
   state_dict = params_to_state_dict(params, name)
@@ -96,7 +97,21 @@ def export_open_clip(name: str | ClipConfig, params: Mapping, path: str | os.Pat
             "preprocess_cfg": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD),
                                "interpolation": "bicubic", "resize_mode": "shortest"}}
   (path / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+  if cfg.text.hf_tokenizer_name:
+    _write_tokenizer_files(cfg, path)
   return path
+
+
+def _write_tokenizer_files(cfg: ClipConfig, directory: Path) -> None:
+  """open_clip's local-dir (and clic_jax.get_tokenizer) read a Hugging Face tokenizer's files from
+  the model directory itself, so they are copied there (from the hub cache or a local folder)."""
+  from clic_jax.model_tokenizer import tokenizer_for_config
+  try:
+    tokenizer_for_config(cfg).save(directory)
+  except (OSError, ImportError) as e:
+    warnings.warn(f"{directory} has no tokenizer files: could not get {cfg.text.hf_tokenizer_name!r}"
+                  f" ({e}). Copy its tokenizer.json/vocab.txt and tokenizer_config.json there "
+                  "before loading it with 'local-dir:'.")
 
 
 __all__ = ["CheckpointMismatchError", "export_open_clip", "export_transformers", "load_open_clip",
