@@ -94,7 +94,9 @@ def vision_forward_flops(cfg: ClipConfig, pooled_last_block: bool = True) -> int
   tokens = v.grid * v.grid + 1
   patch_embed = 2 * v.grid * v.grid * (3 * v.patch_size * v.patch_size) * v.width
   hidden = int(v.width * v.mlp_ratio)
-  return (patch_embed + tower_blocks_flops(v.layers, tokens, v.width, hidden, pooled_last_block)
+  # Averaged patch tokens (CLIPA, CLIPS: pool_type "avg") need every token of the last block.
+  pooled = pooled_last_block and v.pool_type == "tok"
+  return (patch_embed + tower_blocks_flops(v.layers, tokens, v.width, hidden, pooled)
           + 2 * v.width * cfg.embed_dim)
 
 
