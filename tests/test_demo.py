@@ -7,6 +7,7 @@ import math
 import numpy as np
 
 from clic_jax import demo
+from clic_jax.data.toyworld import world_paths
 from clic_jax.demo import pretraining
 from configs import demo as demo_config
 
@@ -25,7 +26,7 @@ def _tiny_config():
   return config
 
 
-def test_tiny_demo_run_writes_the_side_by_side_table(tmp_path, capsys):
+def test_tiny_demo_run_writes_the_side_by_side_table(tmp_path, capsys, monkeypatch):
   results = demo.run(_tiny_config(), tmp_path)
 
   written = json.loads((tmp_path / "demo_results.json").read_text())
@@ -55,6 +56,37 @@ def test_tiny_demo_run_writes_the_side_by_side_table(tmp_path, capsys):
                                    **dict(_tiny_config().demo_settings.pretrain)))
   assert export == tmp_path / "pretrained" / "open_clip"
   assert (tmp_path / "pretrained" / "pretraining.json").read_text() == report
+  _check_a_new_text_budget_reuses_the_image_tower(tmp_path, monkeypatch)
+
+
+def _check_a_new_text_budget_reuses_the_image_tower(workdir, monkeypatch):
+  from safetensors.numpy import load_file
+  world = world_paths(str(workdir / "world"))
+  settings = pretraining.PretrainSettings(model="tiny-64", context_length=32,
+                                          **dict(_tiny_config().demo_settings.pretrain))
+  first = load_file(str(workdir / "pretrained" / "open_clip" / "open_clip_model.safetensors"))
+
+  def no_training(*args, **kwargs):
+    raise AssertionError("the image tower was trained again")
+  monkeypatch.setattr(pretraining, "train_vision", no_training)
+  longer_text = pretraining.PretrainSettings(**dict(vars(settings), text_steps=4))
+  second = load_file(str(pretraining.pretrain(world, workdir / "pretrained", longer_text)
+                         / "open_clip_model.safetensors"))
+  visual = [name for name in first if name.startswith("visual.")]
+  assert visual and first.keys() == second.keys()
+  for name in visual:                       # the cached tower, bit for bit
+    assert first[name].dtype == second[name].dtype
+    np.testing.assert_array_equal(first[name], second[name], err_msg=name)
+  assert not np.array_equal(first["text_projection"], second["text_projection"])
+
+  # A change to the image tower's settings trains it again.
+  more_vision = pretraining.PretrainSettings(**dict(vars(longer_text), vision_steps=4))
+  try:
+    pretraining.pretrain(world, workdir / "pretrained", more_vision)
+  except AssertionError as e:
+    assert "trained again" in str(e)
+  else:
+    raise AssertionError("changed image-tower settings reused the old tower")
 
 
 def test_pair_view_labels_place_each_scene_in_its_half():
@@ -80,3 +112,5 @@ def test_pair_view_labels_place_each_scene_in_its_half():
   assert np.count_nonzero(patches != none) == 2
   big = pretraining.patch_labels([(7, True, 0.5, 0.5, 0.3, 0.3)], grid=4).reshape(4, 4)
   assert (big[1:3, 1:3] == 7).all() and big[0, 0] == none
+
+

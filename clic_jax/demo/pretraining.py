@@ -35,11 +35,13 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import traverse_util
 
 from clic_jax import losses, models
 from clic_jax.data import images as images_lib
@@ -75,11 +77,11 @@ class PretrainSettings:
   vision_batch: int = 64
   vision_lr: float = 2e-3
   pair_fraction: float = 0.5      # of each image-tower batch: concatenated pairs (CLIC's view)
+  weight_decay: float = 0.05      # both stages
   text_steps: int = 1500
   text_batch: int = 128
   text_lr: float = 5e-4
   context_length: int = 32        # token rows are cut to this; the model keeps its 77 positions
-  weight_decay: float = 0.05
 
   def __post_init__(self):
     for name in ("corpus_scenes", "vision_steps", "vision_batch", "text_steps", "text_batch",
@@ -88,6 +90,12 @@ class PretrainSettings:
         raise ValueError(f"pretraining {name}={getattr(self, name)} must be at least 1")
     if self.vision_batch % 2:
       raise ValueError(f"pretraining vision_batch={self.vision_batch} must be even (half pairs)")
+
+  def vision_stage(self) -> dict:
+    """The settings the image tower depends on (every field up to text_steps): a run that changes
+    only the text stage reuses the cached image tower."""
+    names = [f.name for f in dataclasses.fields(self)]
+    return {name: getattr(self, name) for name in names[:names.index("text_steps")]}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -296,8 +304,12 @@ def embed_views(model, params, views: np.ndarray, batch: int = 256) -> np.ndarra
   return np.asarray(losses.l2_normalize(np.concatenate(out)))
 
 
-def train_text(model, params, data: SceneSet, settings: PretrainSettings) -> tuple[dict, dict]:
-  """CLIP loss between random true sentences and the frozen image embeddings (LiT)."""
+def train_text(model, params, data: SceneSet, settings: PretrainSettings,
+               on_checkpoint: Callable[[int, dict], None] | None = None,
+               checkpoints: Sequence[int] = ()) -> tuple[dict, dict]:
+  """CLIP loss between random true sentences and the frozen image embeddings (LiT).
+  on_checkpoint(step, params) is called after each step in `checkpoints` (experiments measure
+  the text tower along the way: experiments/text_alignment.py)."""
   from clic_jax import tokenizer
   image_emb = embed_views(model, params, data.singles)
   # Every scene's sentences in one token array: scene i's rows are starts[i] .. + counts[i].
@@ -331,6 +343,8 @@ def train_text(model, params, data: SceneSet, settings: PretrainSettings) -> tup
     cursor += settings.text_batch
     rows = starts[chosen] + rng.integers(counts[chosen])     # one random true sentence each
     text, opt_state, loss, accuracy = step(text, opt_state, image_emb[chosen], tokens[rows])
+    if on_checkpoint is not None and i + 1 in checkpoints:
+      on_checkpoint(i + 1, dict(text, visual=params["visual"]))
     if (i + 1) % 100 == 0 or i + 1 == settings.text_steps:
       history.append((i + 1, float(loss), float(accuracy)))
       log.info("aligning the text tower: step %d/%d, CLIP loss %.4f, in-batch accuracy %.1f%%",
@@ -340,6 +354,45 @@ def train_text(model, params, data: SceneSet, settings: PretrainSettings) -> tup
 
 # ------------------------------------------------------------------------------------------------
 # The whole recipe, cached in its output folder.
+
+
+def _cached_vision_stage(out_dir: Path, key: dict, train: Callable[[], tuple[dict, dict]],
+                        params: dict) -> tuple[dict, dict]:
+  """(params with the trained image tower, its stats): from OUT/vision_tower.npz when that was
+  made with the same image-tower settings and world, else trained and saved there. The image
+  tower is the expensive stage (about 3/4 of the recipe's time)."""
+  weights, report = out_dir / "vision_tower.npz", out_dir / "vision_tower.json"
+  if weights.is_file() and report.is_file():
+    saved = json.loads(report.read_text())
+    if {k: saved.get(k) for k in key} == key:
+      log.info("reusing the pretrained image tower in %s", weights)
+      with np.load(weights) as arrays:
+        visual = traverse_util.unflatten_dict({tuple(k.split("/")): arrays[k] for k in arrays})
+      return dict(params, visual=jax.tree.map(jnp.asarray, visual)), saved["stats"]
+  params, stats = train()
+  flat = traverse_util.flatten_dict(jax.device_get(params["visual"]), sep="/")
+  np.savez(weights.with_suffix(".tmp.npz"), **{k: np.asarray(v) for k, v in flat.items()})
+  weights.with_suffix(".tmp.npz").replace(weights)
+  report.write_text(json.dumps(dict(key, stats=stats), indent=1))
+  return params, stats
+
+
+def image_tower_stage(world: dict[str, str], out_dir: str | os.PathLike,
+                      settings: PretrainSettings) -> tuple[Any, dict, SceneSet, dict]:
+  """(model, params with the trained image tower and a fresh text tower, the corpus, the image
+  tower's stats): everything the text stage starts from. The image tower comes from
+  OUT/vision_tower.npz when that was made with the same settings and world."""
+  out_dir = Path(out_dir)
+  with open(world["manifest"], encoding="utf-8") as f:
+    world_config = json.load(f)["config"]
+  model = models.build_model(models.get_model_config(settings.model))
+  params = models.init_params(model, settings.seed)
+  data = build_corpus(world, settings.corpus_scenes, model.cfg.vision.image_size, settings.seed)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  params, stats = _cached_vision_stage(
+      out_dir, {"settings": settings.vision_stage(), "world": world_config},
+      lambda: train_vision(model, params, data, settings), params)
+  return model, params, data, stats
 
 
 def pretrain(world: dict[str, str], out_dir: str | os.PathLike,
@@ -360,14 +413,9 @@ def pretrain(world: dict[str, str], out_dir: str | os.PathLike,
       log.info("reusing the pretrained model in %s", out_dir)
       return export
   start = time.perf_counter()
-  cfg = models.get_model_config(settings.model)
-  model = models.build_model(cfg)
-  params = models.init_params(model, settings.seed)
-  data = build_corpus(world, settings.corpus_scenes, cfg.vision.image_size, settings.seed)
-  params, vision_stats = train_vision(model, params, data, settings)
+  model, params, data, vision_stats = image_tower_stage(world, out_dir, settings)
   params, text_stats = train_text(model, params, data, settings)
-  out_dir.mkdir(parents=True, exist_ok=True)
-  export_open_clip(cfg, jax.device_get(params), export)
+  export_open_clip(model.cfg, jax.device_get(params), export)
   report = dict(wanted, **vision_stats, **text_stats,
                 logit_scale=float(np.exp(params["logit_scale"])),
                 seconds=round(time.perf_counter() - start, 1))
