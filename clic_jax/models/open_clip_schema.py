@@ -1,13 +1,14 @@
 """open_clip's model config schema (`model_cfg` of open_clip_config.json) <-> ClipConfig.
 
-Each supported key is one row of a table: its open_clip name, the ClipConfig field it sets, the
-value open_clip assumes when the key is absent, and how the value is read. Keys that change the
-computation in ways clic_jax does not implement are refused with the reason, never ignored.
+Supported keys are listed per tower and read into the VisionConfig/TextConfig field of the same
+name; the few that differ (no_causal_mask, norm_kwargs, act_kwargs, tokenizer_kwargs) are read
+one by one. Keys that change the computation in ways clic_jax does not implement are refused with
+the reason, never ignored.
 """
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 from clic_jax.models.registry import ClipConfig, TextConfig, VisionConfig
 
@@ -28,37 +29,15 @@ def _optional_str(value) -> str | None:
   return None if value in (None, "") else str(value)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Field:
-  key: str                              # open_clip's key
-  field: str                            # the VisionConfig/TextConfig field
-  default: Any                          # open_clip's value when the key is absent
-  read: Callable[[Any], Any] = lambda v: v
-  always_written: bool = False          # written even at its default (the sizes)
-
-
-_VISION_FIELDS = (
-    _Field("image_size", "image_size", 224, _square, True),
-    _Field("layers", "layers", 12, int, True),
-    _Field("width", "width", 768, int, True),
-    _Field("head_width", "head_width", 64, int, True),
-    _Field("mlp_ratio", "mlp_ratio", 4.0, float, True),
-    _Field("patch_size", "patch_size", 16, int, True),
-    _Field("no_ln_pre", "no_ln_pre", False, bool),
-    _Field("pool_type", "pool_type", "tok", str),
-    _Field("final_ln_after_pool", "final_ln_after_pool", False, bool),
-)
-_TEXT_FIELDS = (
-    _Field("context_length", "context_length", 77, int, True),
-    _Field("vocab_size", "vocab_size", 49408, int, True),
-    _Field("width", "width", 512, int, True),
-    _Field("heads", "heads", 8, int, True),
-    _Field("layers", "layers", 12, int, True),
-    _Field("mlp_ratio", "mlp_ratio", 4.0, float, True),
-    _Field("pool_type", "pool_type", "argmax", str),
-    _Field("pad_id", "pad_id", 0, int),
-    _Field("hf_tokenizer_name", "hf_tokenizer_name", None, _optional_str),
-)
+# The keys read into VisionConfig/TextConfig fields of the same name: the sizes (always written)
+# and the tower options (written when not at their default). A missing key takes open_clip's
+# default, which is the dataclass default except where listed in _OPEN_CLIP_DEFAULTS.
+_SIZES = {"vision_cfg": ("image_size", "layers", "width", "head_width", "mlp_ratio", "patch_size"),
+          "text_cfg": ("context_length", "vocab_size", "width", "heads", "layers", "mlp_ratio")}
+_OPTIONS = {"vision_cfg": ("no_ln_pre", "pool_type", "final_ln_after_pool"),
+            "text_cfg": ("pool_type", "pad_id", "hf_tokenizer_name")}
+_TOWERS = {"vision_cfg": VisionConfig, "text_cfg": TextConfig}
+_OPEN_CLIP_DEFAULTS = {"vision_cfg": {"patch_size": 16}, "text_cfg": {}}
 _POOL_TYPES = {"vision": ("tok", "avg"), "text": ("argmax", "last", "first")}
 
 # Whole families open_clip builds from a model_cfg that clic_jax has no Flax port of.
@@ -126,8 +105,19 @@ def _gelu_tanh(section: str, kwargs: Mapping | None, quick_gelu: bool) -> bool:
   return approximate == "tanh"
 
 
-def _read(fields, section: Mapping[str, Any]) -> dict[str, Any]:
-  return {f.field: f.read(section.get(f.key, f.default)) for f in fields}
+def _default(section: str, key: str):
+  return _OPEN_CLIP_DEFAULTS[section].get(
+      key, next(f.default for f in dataclasses.fields(_TOWERS[section]) if f.name == key))
+
+
+def _read(section: str, values: Mapping[str, Any]) -> dict[str, Any]:
+  out = {}
+  for key in _SIZES[section] + _OPTIONS[section]:
+    default = _default(section, key)
+    value = values.get(key, default)
+    read = _square if key == "image_size" else _optional_str if default is None else type(default)
+    out[key] = read(value)
+  return out
 
 
 def _check_pool(name: str, value: str) -> None:
@@ -147,14 +137,14 @@ def config_from_open_clip(model_cfg: Mapping[str, Any]) -> ClipConfig:
     raise ValueError(f"open_clip model config lacks {e}; got keys {sorted(model_cfg)}") from None
   _check_buildable(model_cfg)
   quick_gelu = bool(model_cfg.get("quick_gelu", False))
-  vision = VisionConfig(**_read(_VISION_FIELDS, vc), norm_eps=_norm_eps("vision_cfg", vc.get(
+  vision = VisionConfig(**_read("vision_cfg", vc), norm_eps=_norm_eps("vision_cfg", vc.get(
       "norm_kwargs")), gelu_tanh=_gelu_tanh("vision_cfg", vc.get("act_kwargs"), quick_gelu))
   tokenizer_kwargs = dict(tc.get("tokenizer_kwargs") or {})
   strip_sep_token = bool(tokenizer_kwargs.pop("strip_sep_token", False))
   if tokenizer_kwargs:
     raise UnsupportedArchitectureError(f"text_cfg.tokenizer_kwargs {sorted(tokenizer_kwargs)} are "
                                        "not supported (only 'strip_sep_token').")
-  text = TextConfig(**_read(_TEXT_FIELDS, tc), causal=not tc.get("no_causal_mask", False),
+  text = TextConfig(**_read("text_cfg", tc), causal=not tc.get("no_causal_mask", False),
                     norm_eps=_norm_eps("text_cfg", tc.get("norm_kwargs")),
                     gelu_tanh=_gelu_tanh("text_cfg", tc.get("act_kwargs"), quick_gelu),
                     strip_sep_token=strip_sep_token)
@@ -163,9 +153,11 @@ def config_from_open_clip(model_cfg: Mapping[str, Any]) -> ClipConfig:
   return ClipConfig(embed_dim, vision, text, quick_gelu=quick_gelu)
 
 
-def _write(fields, tower) -> dict[str, Any]:
-  return {f.key: getattr(tower, f.field) for f in fields
-          if f.always_written or getattr(tower, f.field) != f.default}
+def _write(section: str, tower) -> dict[str, Any]:
+  out = {key: getattr(tower, key) for key in _SIZES[section]}
+  out.update((key, getattr(tower, key)) for key in _OPTIONS[section]
+             if getattr(tower, key) != _default(section, key))
+  return out
 
 
 def _common_options(tower) -> dict[str, Any]:
@@ -181,13 +173,13 @@ def config_to_open_clip(cfg: ClipConfig) -> dict[str, Any]:
   """The inverse of `config_from_open_clip`: a `model_cfg` open_clip can build. Options at their
   default are left out, so the OpenAI-style models' configs are open_clip's own."""
   v, t = cfg.vision, cfg.text
-  text_cfg = _write(_TEXT_FIELDS, t) | _common_options(t)
+  text_cfg = _write("text_cfg", t) | _common_options(t)
   if not t.causal:
     text_cfg["no_causal_mask"] = True
   if t.strip_sep_token:
     text_cfg["tokenizer_kwargs"] = {"strip_sep_token": True}
   out: dict[str, Any] = {"embed_dim": cfg.embed_dim,
-                         "vision_cfg": _write(_VISION_FIELDS, v) | _common_options(v),
+                         "vision_cfg": _write("vision_cfg", v) | _common_options(v),
                          "text_cfg": text_cfg}
   if cfg.quick_gelu:
     out["quick_gelu"] = True
