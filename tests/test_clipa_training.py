@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import open_clip
-import torch
 
 import clic_jax
 from clic_jax.export import export_workdir
@@ -12,6 +11,7 @@ from clic_jax.models import rows_trimmable
 from clic_jax.train import trainer
 from clic_jax.train.checkpoint import load_params_for_eval
 from configs import tiny
+from test_backbones import embeddings, relative_error
 
 
 def test_tiny_clipa_trains_clic_steps_and_exports(tmp_path, caption_dataset):
@@ -31,10 +31,5 @@ def test_tiny_clipa_trains_clic_steps_and_exports(tmp_path, caption_dataset):
   rng = np.random.default_rng(0)
   pixels = rng.standard_normal((2, 32, 32, 3)).astype(np.float32)
   tokens = clic_jax.get_tokenizer("tiny-clipa")(["a red cube", "a blue ball left of a cube"])
-  with torch.no_grad():
-    t_img = tmodel.encode_image(torch.from_numpy(pixels.transpose(0, 3, 1, 2).copy())).numpy()
-    t_txt = tmodel.encode_text(torch.from_numpy(tokens).long()).numpy()
-  j_img = np.asarray(model.apply({"params": params}, pixels, method="encode_image"))
-  j_txt = np.asarray(model.apply({"params": params}, tokens, method="encode_text"))
-  for ours, theirs in ((j_img, t_img), (j_txt, t_txt)):
-    assert np.max(np.linalg.norm(ours - theirs, axis=-1) / np.linalg.norm(theirs, axis=-1)) < 1e-4
+  for ours, theirs in embeddings(model, params, tmodel, pixels, tokens):
+    assert relative_error(ours, theirs) < 1e-4
