@@ -200,3 +200,28 @@ def test_unbuildable_configs_say_what_is_missing(change, message):
 def test_unbuilt_open_clip_families_by_name(name, missing):
   with pytest.raises(UnknownModelError, match=f"cannot build yet.*{missing}"):
     clic_jax.create_model(name)
+
+
+@pytest.mark.parametrize("name,tag", [("ViT-L-14-CLIPA", "datacomp1b"), ("ViT-H-14-CLIPA-336",
+                                      "datacomp1b"), ("ViT-B-32-quickgelu", "openai"),
+                                      ("ViT-bigG-14", "laion2b_s39b_b160k")])
+def test_preprocessing_is_open_clips(name, tag):
+  from clic_jax import interop
+  expected = open_clip.get_pretrained_cfg(name, tag)
+  ours = interop.preprocess_config(name)
+  for key in ("mean", "std", "interpolation", "resize_mode"):
+    assert tuple(np.atleast_1d(ours[key])) == tuple(np.atleast_1d(expected[key])), key
+
+
+def test_preprocess_config_of_hub_models_and_exports(tmp_path):
+  """A local-dir (or hub) model's own preprocess_cfg is read; export writes the one it is given
+  (default: the registry's for the name)."""
+  from clic_jax import interop
+  config = small(open_clip_config("ViT-L-14-CLIPA"))
+  write_hub_dir(tmp_path / "m", config, torch_model(config))
+  assert interop.preprocess_config(f"local-dir:{tmp_path / 'm'}")["mean"] == [0.485, 0.456, 0.406]
+  _, params = clic_jax.create_model("tiny")
+  for preprocess, mean in ((None, [0.48145466, 0.4578275, 0.40821073]),
+                           (interop.preprocess_config("ViT-L-14-CLIPA"), [0.485, 0.456, 0.406])):
+    out = interop.export_open_clip("tiny", params, tmp_path / "export", preprocess=preprocess)
+    assert json.loads((out / "open_clip_config.json").read_text())["preprocess_cfg"]["mean"] == mean

@@ -23,9 +23,8 @@ from clic_jax.interop.files import (CONFIG_FILE, read_open_clip_config, read_sta
 from clic_jax.interop.transformers_format import export_transformers, load_transformers
 from clic_jax.models import (ClipConfig, build_model, config_from_open_clip, config_to_open_clip,
                              get_model_config)
+from clic_jax.models.registry import preprocess_for
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
 def resolve(name: str | ClipConfig | None, source: Any = None, cache_dir: str | None = None
@@ -76,14 +75,26 @@ def load_open_clip(name: str | ClipConfig | None, source: Any = None, *, cache_d
   return build_model(cfg, **model_kwargs), params
 
 
-def export_open_clip(name: str | ClipConfig, params: Mapping, path: str | os.PathLike) -> Path:
+def preprocess_config(name: str, cache_dir: str | None = None) -> dict:
+  """The image preprocessing of a model (open_clip's preprocess_cfg: mean, std, interpolation,
+  resize_mode): an 'hf-hub:'/'local-dir:' model's own, else the registry's for that name."""
+  schema, identifier = hub.split_schema(name)
+  if schema is None:
+    return preprocess_for(name)
+  config = read_open_clip_config(hub.config_file(schema, identifier, cache_dir))
+  return {**preprocess_for(""), **config.get("preprocess_cfg", {})}
+
+
+def export_open_clip(name: str | ClipConfig, params: Mapping, path: str | os.PathLike,
+                     preprocess: Mapping | None = None) -> Path:
   """Writes fp32 open_clip weights.
 
   A path ending in .safetensors gets the file only (load with
   `open_clip.create_model(name, pretrained=path)`); any other path is a directory with
   open_clip_model.safetensors and open_clip_config.json (load with `local-dir:DIR` or push to the
   Hugging Face hub and load with `hf-hub:`); a model with a Hugging Face tokenizer (CLIPA, CLIPS)
-  also gets its tokenizer files there.
+  also gets its tokenizer files there. `preprocess` is the preprocess_cfg written beside the
+  config (default: the registry's for a model name, OpenAI CLIP's for a ClipConfig).
   """
   cfg = get_model_config(name)
   state_dict = params_to_state_dict(params, name)
@@ -93,9 +104,10 @@ def export_open_clip(name: str | ClipConfig, params: Mapping, path: str | os.Pat
     return path
   path.mkdir(parents=True, exist_ok=True)
   write_safetensors(state_dict, path / hub.SAFE_WEIGHTS)
-  config = {"model_cfg": config_to_open_clip(cfg),
-            "preprocess_cfg": {"mean": list(CLIP_MEAN), "std": list(CLIP_STD),
-                               "interpolation": "bicubic", "resize_mode": "shortest"}}
+  if preprocess is None:
+    preprocess = preprocess_for(name if isinstance(name, str) else "")
+  preprocess = {k: list(v) if isinstance(v, tuple) else v for k, v in preprocess.items()}
+  config = {"model_cfg": config_to_open_clip(cfg), "preprocess_cfg": preprocess}
   (path / CONFIG_FILE).write_text(json.dumps(config, indent=2))
   if cfg.text.hf_tokenizer_name:
     _write_tokenizer_files(cfg, path)
@@ -115,5 +127,5 @@ def _write_tokenizer_files(cfg: ClipConfig, directory: Path) -> None:
 
 
 __all__ = ["CheckpointMismatchError", "export_open_clip", "export_transformers", "load_open_clip",
-           "load_transformers", "params_to_state_dict", "read_state_dict", "resolve",
-           "state_dict_to_params"]
+           "load_transformers", "params_to_state_dict", "preprocess_config", "read_state_dict",
+           "resolve", "state_dict_to_params"]

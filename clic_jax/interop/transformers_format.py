@@ -34,10 +34,11 @@ import numpy as np
 from clic_jax.interop.convert import params_to_state_dict, state_dict_to_params
 from clic_jax.interop.files import read_state_dict, write_safetensors
 from clic_jax.models import ClipConfig, TextConfig, VisionConfig, build_model, get_model_config
+from clic_jax.models.registry import PREPROCESS
+
+CLIP = PREPROCESS["clip"]    # OpenAI-style towers: OpenAI's (and LAION's) image preprocessing
 
 CONFIG, WEIGHTS, PREPROCESSOR = "config.json", "model.safetensors", "preprocessor_config.json"
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 SOT_ID, EOT_ID, PAD_ID = 49406, 49407, 1      # CLIP BPE ids as openai/clip-vit-* configs give them
 
 _TOP_LEVEL = {
@@ -179,8 +180,8 @@ def export_transformers(name: str | ClipConfig, params: Mapping, directory: str 
       "image_processor_type": "CLIPImageProcessor", "do_resize": True,
       "size": {"shortest_edge": size}, "resample": 3, "do_center_crop": True,
       "crop_size": {"height": size, "width": size}, "do_rescale": True,
-      "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": CLIP_MEAN,
-      "image_std": CLIP_STD, "do_convert_rgb": True}, indent=2))
+      "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(CLIP["mean"]),
+      "image_std": list(CLIP["std"]), "do_convert_rgb": True}, indent=2))
   return directory
 
 

@@ -136,6 +136,25 @@ for _name, _cfg in _OPENAI_STYLE.items():
   MODEL_CONFIGS[_name + "-quickgelu"] = dataclasses.replace(_cfg, quick_gelu=True)
 
 
+# Image preprocessing the weights were trained with, as open_clip's preprocess_cfg: OpenAI's (also
+# LAION's) mean and std with bicubic resizing of the short side, or CLIPA's ImageNet mean and std,
+# bilinear, squashed. CLIPS is trained with CLIPA's code and assumed to share it; a hub model's own
+# preprocess_cfg (interop.preprocess_config("hf-hub:...")) is authoritative.
+PREPROCESS = {
+    "clip": {"mean": (0.48145466, 0.4578275, 0.40821073),
+             "std": (0.26862954, 0.26130258, 0.27577711),
+             "interpolation": "bicubic", "resize_mode": "shortest"},
+    "clipa": {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+              "interpolation": "bilinear", "resize_mode": "squash"},
+}
+_PREPROCESS_OF = {name: "clipa" for name in _OTHERS if name != "tiny-clipa"}
+
+
+def preprocess_for(name: str) -> dict:
+  """open_clip's preprocess_cfg for a registry name (mean, std, interpolation, resize_mode)."""
+  return dict(PREPROCESS[_PREPROCESS_OF.get(name, "clip")])
+
+
 class UnknownModelError(ValueError):
   pass
 
