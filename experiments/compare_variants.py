@@ -301,10 +301,8 @@ def run_experiment(out: str | Path, seeds: Sequence[int] = (0, 1, 2),
                          image_size=d.image_size)
 
   log.info("[pretrain] the pretrained toy CLIP (%s)", dict(d.pretrain))
-  settings = pretraining.PretrainSettings(model=config.model.name, seed=config.seed,
-                                          context_length=config.data.context_length,
-                                          **dict(d.pretrain))
-  pretrain_export = pretraining.pretrain(world, workdir / "pretrained", settings)
+  pretrain_export = pretraining.pretrain(world, workdir / "pretrained",
+                                         demo.pretrain_settings(config))
   pretrained_file = workdir / "pretrained" / "eval.json"
   if not pretrained_file.is_file():
     pretrained_file.write_text(json.dumps(demo.evaluate_export(pretrain_export, world, d),

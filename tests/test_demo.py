@@ -114,3 +114,37 @@ def test_pair_view_labels_place_each_scene_in_its_half():
   assert (big[1:3, 1:3] == 7).all() and big[0, 0] == none
 
 
+
+
+def test_the_demo_starts_from_the_shipped_image_tower_and_it_binds():
+  """configs/demo.py's settings and world match the shipped tower (so the demo does not train
+  the image tower for 24 minutes), and that tower passes the image binding probe."""
+  import jax
+  from clic_jax import models
+  from clic_jax.data import images as images_lib
+  from clic_jax.data.toyworld import world_config
+  from clic_jax.data.toyworld.render import render_scene
+  from clic_jax.evaluate.binding import binding_scores
+  config = demo_config.get_config()
+  d = config.demo_settings
+  key = {"settings": demo.pretrain_settings(config).vision_stage(),
+         "world": world_config(d.num_train, d.num_test, d.world_seed, d.image_size)}
+  found = pretraining._matching_tower(pretraining.SHIPPED_TOWERS, key)
+  assert found is not None, "configs/demo.py no longer matches the shipped image tower"
+  assert found[0].stat().st_size < 3_500_000
+
+  model = models.build_model(models.get_model_config(config.model.name))
+  params = models.init_params(model, 0)
+  visual = pretraining._load_tower(found[0])
+  shapes = lambda tree: jax.tree.map(lambda a: (a.shape, a.dtype), tree)
+  assert shapes(visual) == shapes(params["visual"])
+  params = dict(params, visual=visual)
+  scale, offset = images_lib.normalization_constants("clip")
+  encode = jax.jit(lambda x: model.apply({"params": params}, x, method="encode_image"))
+
+  def embed_scenes(scenes):
+    views = np.stack([images_lib.clip_val_view(render_scene(s), d.image_size) for s in scenes])
+    return np.asarray(encode(views.astype(np.float32) * scale + offset))
+  scores = binding_scores(embed_scenes, lambda texts: np.zeros((len(texts), 1), np.float32),
+                          num_train=600, num_twins=100, image_size=d.image_size)
+  assert scores["image_attribute"] >= 0.9, scores

@@ -32,7 +32,7 @@ def test_summary_statistics():
   assert summary["b"]["m"] == {"mean": 0.5, "std": 0.0, "values": [0.5]}
 
 
-def test_tiny_experiment_writes_results_and_resumes(tmp_path):
+def test_tiny_experiment_writes_results_and_resumes(tmp_path, monkeypatch):
   out, work = tmp_path / "results", tmp_path / "work"
   argv = [f"--out={out}", f"--workdir={work}", "--seeds=0", "--variants=clic,clip_finetune",
           "--vision_steps=2", "--text_steps=2", "--pretrain_batch=8", "--corpus_scenes=60", "--probe_scenes=40", "--finetune_steps=2", "--num_train=48", "--num_test=24",
@@ -74,3 +74,21 @@ def test_tiny_experiment_writes_results_and_resumes(tmp_path):
   # Another budget in the same workdir is refused instead of silently mixing runs.
   with pytest.raises(SystemExit, match="other settings"):
     cv.main([a if not a.startswith("--finetune_steps") else "--finetune_steps=3" for a in argv])
+
+  # The text-alignment sweep starts from the experiment's image tower (not trained again) and
+  # measures the model at each requested text step.
+  from clic_jax.demo import pretraining
+  from experiments import text_alignment
+
+  def no_training(*args, **kwargs):
+    raise AssertionError("the image tower was trained again")
+  monkeypatch.setattr(pretraining, "train_vision", no_training)
+  sweep_out = tmp_path / "sweep" / "text_alignment.json"
+  same_setup = [a for a in argv if a.split("=")[0] in (
+      "--workdir", "--vision_steps", "--pretrain_batch", "--corpus_scenes", "--probe_scenes",
+      "--num_train", "--num_test", "--eval_batch_size", "--model")]
+  rows = text_alignment.main(same_setup + ["--eval_at=2,1", f"--out={sweep_out}"])
+  assert [r["step"] for r in rows] == [1, 2]
+  assert json.loads(sweep_out.read_text()) == rows
+  assert all(0.0 <= v <= 1.0 for r in rows for k, v in r.items() if k != "step")
+  assert "| text step |" in sweep_out.with_suffix(".md").read_text()

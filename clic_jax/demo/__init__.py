@@ -48,6 +48,13 @@ def benchmarks_of(world: dict[str, str], binding: dict | None = None) -> dict[st
   return benchmarks
 
 
+def pretrain_settings(config, **overrides) -> pretraining.PretrainSettings:
+  """The pretraining recipe's settings of a demo config (demo_settings.pretrain + overrides)."""
+  return pretraining.PretrainSettings(model=config.model.name, seed=config.seed,
+                                      context_length=config.data.context_length,
+                                      **dict(config.demo_settings.pretrain, **overrides))
+
+
 def phase_config(config, stage: dict, world: dict[str, str]):
   """A trainer config for one fine-tuning run: the base config with the stage's overrides."""
   c = copy.deepcopy(config)
@@ -111,10 +118,8 @@ def run(config, workdir: str | Path) -> dict:
                          image_size=d.image_size)
 
   log.info("[2/4] building the pretrained model (binding image tower, aligned text tower)")
-  settings = pretraining.PretrainSettings(model=config.model.name, seed=config.seed,
-                                          context_length=config.data.context_length,
-                                          **dict(d.pretrain))
-  exports = {"pretrained": pretraining.pretrain(world, workdir / "pretrained", settings)}
+  exports = {"pretrained": pretraining.pretrain(world, workdir / "pretrained",
+                                                pretrain_settings(config))}
 
   for name in MODELS[1:]:
     log.info("[3/4] fine-tuning: %s", name)

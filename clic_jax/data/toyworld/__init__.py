@@ -115,6 +115,13 @@ def _owned_or_empty(out_dir: str, manifest_path: str) -> None:
                         "give an empty or new directory so nothing of yours is overwritten")
 
 
+def world_config(num_train: int, num_test: int, seed: int, image_size: int,
+                 image_format: str = "png", frames: str = "square") -> dict:
+  """What a world is made from (its manifest's "config"): equal configs, equal worlds."""
+  return {"version": WORLD_VERSION, "num_train": num_train, "num_test": num_test, "seed": seed,
+          "image_size": image_size, "image_format": image_format, "frames": frames}
+
+
 def generate_world(out_dir: str, num_train: int, num_test: int, seed: int = 0,
                    image_size: int = 64, image_format: str = "png",
                    force: bool = False, frames: str = "square") -> dict[str, str]:
@@ -133,9 +140,7 @@ def generate_world(out_dir: str, num_train: int, num_test: int, seed: int = 0,
   if image_format not in IMAGE_FORMATS:
     raise ValueError(f"image_format={image_format!r}; use one of {IMAGE_FORMATS}")
   paths = world_paths(out_dir)
-  config = {"version": WORLD_VERSION, "num_train": num_train, "num_test": num_test,
-            "seed": seed, "image_size": image_size, "image_format": image_format,
-            "frames": frames}
+  config = world_config(num_train, num_test, seed, image_size, image_format, frames)
   manifest = _read_manifest(paths["manifest"])
   if (not force and manifest.get("config") == config and manifest.get("complete")
       and all(os.path.exists(p) for p in paths.values())):
