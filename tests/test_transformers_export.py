@@ -86,11 +86,6 @@ def test_transformers_twin(tmp_path, name, image_size):
   check_transformers_twin(tmp_path, small(name, image_size))
 
 
-@pytest.mark.slow
-def test_transformers_twin_full_size_b32(tmp_path):
-  print(check_transformers_twin(tmp_path, get_model_config("ViT-B-32-quickgelu")))
-
-
 def test_architectures_without_a_twin_are_refused(tmp_path):
   for name in ("ViT-L-14-CLIPA", "tiny-clipa"):
     with pytest.raises(NoTransformersTwinError, match="no transformers CLIPModel twin"):

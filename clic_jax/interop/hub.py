@@ -31,6 +31,16 @@ PRETRAINED: dict[tuple[str, str], PretrainedTag] = {
     ("ViT-B-16", "laion2b_s34b_b88k"): PretrainedTag("laion/CLIP-ViT-B-16-laion2B-s34B-b88K"),
     ("ViT-B-16", "datacomp_xl_s13b_b90k"): PretrainedTag("laion/CLIP-ViT-B-16-DataComp.XL-s13B-b90K"),
     ("ViT-L-14", "datacomp_xl_s13b_b90k"): PretrainedTag("laion/CLIP-ViT-L-14-DataComp.XL-s13B-b90K"),
+    ("ViT-H-14", "laion2b_s32b_b79k"): PretrainedTag("laion/CLIP-ViT-H-14-laion2B-s32B-b79K"),
+    ("ViT-bigG-14", "laion2b_s39b_b160k"): PretrainedTag("laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"),
+    ("ViT-L-14-CLIPA", "datacomp1b"): PretrainedTag("UCSC-VLAA/ViT-L-14-CLIPA-datacomp1B"),
+    ("ViT-L-14-CLIPA-336", "datacomp1b"): PretrainedTag("UCSC-VLAA/ViT-L-14-CLIPA-336-datacomp1B"),
+    ("ViT-H-14-CLIPA", "datacomp1b"): PretrainedTag("UCSC-VLAA/ViT-H-14-CLIPA-datacomp1B"),
+    ("ViT-H-14-CLIPA-336", "laion2b"): PretrainedTag("UCSC-VLAA/ViT-H-14-CLIPA-336-laion2B"),
+    ("ViT-H-14-CLIPA-336", "datacomp1b"): PretrainedTag("UCSC-VLAA/ViT-H-14-CLIPA-336-datacomp1B"),
+    ("ViT-bigG-14-CLIPA", "datacomp1b"): PretrainedTag("UCSC-VLAA/ViT-bigG-14-CLIPA-datacomp1B"),
+    ("ViT-bigG-14-CLIPA-336", "datacomp1b"):
+        PretrainedTag("UCSC-VLAA/ViT-bigG-14-CLIPA-336-datacomp1B"),
 }
 
 

@@ -9,7 +9,8 @@ from clic_jax.models.families import model_class, name_table
 from clic_jax.models.open_clip_schema import (UnsupportedArchitectureError, config_from_open_clip,
                                               config_to_open_clip)
 from clic_jax.models.registry import (ClipConfig, TextConfig, UnknownModelError, VisionConfig,
-                                      get_model_config, known_models, rows_trimmable)
+                                      get_model_config, image_normalization, known_models,
+                                      rows_trimmable)
 
 
 def build_model(name: str | ClipConfig, dtype=jnp.float32, remat: bool = False,
@@ -40,4 +41,5 @@ def create_model(name: str | ClipConfig, seed: int = 0, **model_kwargs):
 
 __all__ = ["CLIP", "ClipConfig", "TextConfig", "VisionConfig", "UnknownModelError", "build_model",
            "create_model", "init_params", "config_from_open_clip", "config_to_open_clip",
-           "get_model_config", "known_models", "model_class", "name_table", "rows_trimmable", "UnsupportedArchitectureError"]
+           "get_model_config", "image_normalization", "known_models", "model_class", "name_table",
+           "rows_trimmable", "UnsupportedArchitectureError"]

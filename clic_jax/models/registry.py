@@ -144,15 +144,21 @@ PREPROCESS = {
     "clip": {"mean": (0.48145466, 0.4578275, 0.40821073),
              "std": (0.26862954, 0.26130258, 0.27577711),
              "interpolation": "bicubic", "resize_mode": "shortest"},
-    "clipa": {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
-              "interpolation": "bilinear", "resize_mode": "squash"},
+    "imagenet": {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225),
+                 "interpolation": "bilinear", "resize_mode": "squash"},
 }
-_PREPROCESS_OF = {name: "clipa" for name in _OTHERS if name != "tiny-clipa"}
+_PREPROCESS_OF = {name: "imagenet" for name in _OTHERS if name != "tiny-clipa"}
+
+
+def image_normalization(name: str) -> str:
+  """"clip" or "imagenet": the mean and std a registry model's images are normalized with (the
+  names of clic_jax.data.images.NORMALIZATIONS)."""
+  return _PREPROCESS_OF.get(name, "clip")
 
 
 def preprocess_for(name: str) -> dict:
   """open_clip's preprocess_cfg for a registry name (mean, std, interpolation, resize_mode)."""
-  return dict(PREPROCESS[_PREPROCESS_OF.get(name, "clip")])
+  return dict(PREPROCESS[image_normalization(name)])
 
 
 class UnknownModelError(ValueError):
