@@ -33,15 +33,13 @@ PRETRAINED: dict[tuple[str, str], PretrainedTag] = {
     ("ViT-L-14", "datacomp_xl_s13b_b90k"): PretrainedTag("laion/CLIP-ViT-L-14-DataComp.XL-s13B-b90K"),
     ("ViT-H-14", "laion2b_s32b_b79k"): PretrainedTag("laion/CLIP-ViT-H-14-laion2B-s32B-b79K"),
     ("ViT-bigG-14", "laion2b_s39b_b160k"): PretrainedTag("laion/CLIP-ViT-bigG-14-laion2B-39B-b160k"),
-    ("ViT-L-14-CLIPA", "datacomp1b"): PretrainedTag("UCSC-VLAA/ViT-L-14-CLIPA-datacomp1B"),
-    ("ViT-L-14-CLIPA-336", "datacomp1b"): PretrainedTag("UCSC-VLAA/ViT-L-14-CLIPA-336-datacomp1B"),
-    ("ViT-H-14-CLIPA", "datacomp1b"): PretrainedTag("UCSC-VLAA/ViT-H-14-CLIPA-datacomp1B"),
-    ("ViT-H-14-CLIPA-336", "laion2b"): PretrainedTag("UCSC-VLAA/ViT-H-14-CLIPA-336-laion2B"),
-    ("ViT-H-14-CLIPA-336", "datacomp1b"): PretrainedTag("UCSC-VLAA/ViT-H-14-CLIPA-336-datacomp1B"),
-    ("ViT-bigG-14-CLIPA", "datacomp1b"): PretrainedTag("UCSC-VLAA/ViT-bigG-14-CLIPA-datacomp1B"),
-    ("ViT-bigG-14-CLIPA-336", "datacomp1b"):
-        PretrainedTag("UCSC-VLAA/ViT-bigG-14-CLIPA-336-datacomp1B"),
 }
+# UCSC-VLAA's CLIPA weights live in repositories named "<architecture>-<tag, final b as B>".
+_CLIPA_TAGS = {"ViT-L-14-CLIPA": ("datacomp1b",), "ViT-L-14-CLIPA-336": ("datacomp1b",),
+               "ViT-H-14-CLIPA": ("datacomp1b",), "ViT-H-14-CLIPA-336": ("laion2b", "datacomp1b"),
+               "ViT-bigG-14-CLIPA": ("datacomp1b",), "ViT-bigG-14-CLIPA-336": ("datacomp1b",)}
+PRETRAINED.update({(name, tag): PretrainedTag(f"UCSC-VLAA/{name}-{tag[:-1]}B")
+                   for name, tags in _CLIPA_TAGS.items() for tag in tags})
 
 
 def base_name(name: str) -> str:
