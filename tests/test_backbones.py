@@ -167,13 +167,19 @@ def test_rows_cut_short_are_padded_back_where_trimming_is_not_exact():
   """A bidirectional 'last'-pooling tower sees every padding position: the model pads short rows
   back to its context length, so the embedding is the full row's; a causal argmax tower gives the
   same embedding for trimmed rows without padding (the trainer's row trimming)."""
-  for name, trimmable in (("tiny-clipa", False), ("tiny", True)):
+  for name, trimmable in (("tiny", True), ("tiny-clipa", False)):
     model, params = clic_jax.create_model(name)
     assert rows_trimmable(model.cfg) is trimmable
     tokens = clic_jax.tokenize(["a red cube", "two blue balls"], model.cfg.text.context_length)
     encode = jax.jit(functools.partial(model.apply, method="encode_text"))
     full, cut = encode({"params": params}, tokens), encode({"params": params}, tokens[:, :8])
     np.testing.assert_allclose(cut, full, rtol=1e-5, atol=1e-6)
+  # Patch tokens of the averaged-patch tower (tiny-clipa) come with the same image embedding.
+  images = np.random.default_rng(0).standard_normal((2, 32, 32, 3)).astype(np.float32)
+  image = model.apply({"params": params}, images, method="encode_image")
+  pooled, patches = model.apply({"params": params}, images, method="encode_image_patches")
+  np.testing.assert_allclose(pooled, image, rtol=1e-5, atol=1e-6)
+  assert patches.shape == (2, model.cfg.vision.grid ** 2, model.cfg.vision.width)
 
 
 @pytest.mark.parametrize("change,message", [
