@@ -140,3 +140,12 @@ def test_export_puts_the_tokenizer_beside_the_weights(tmp_path, strings):
   theirs = open_clip.get_tokenizer(f"local-dir:{out}")
   _assert_equal(ours(strings[:300]), theirs(strings[:300]).numpy(), strings[:300])
   assert ours(["a"]).shape == (1, 24)
+  # Evaluation embeds captions with the model's own tokenizer.
+  from clic_jax.evaluate.embed import Embedder
+  model, _ = clic_jax.create_model(cfg)
+  embedder = Embedder(model, params, batch_size=8)
+  assert isinstance(embedder.tokenizer, HfTokenizer)
+  texts = ["a red cube", "two blue balls"]
+  expected = model.apply({"params": params}, theirs(texts).numpy(), method="encode_text")
+  expected /= np.linalg.norm(expected, axis=-1, keepdims=True)
+  np.testing.assert_allclose(embedder.embed_texts(texts), expected, rtol=1e-4, atol=1e-5)

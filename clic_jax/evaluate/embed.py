@@ -56,12 +56,13 @@ class SkipCounter:
     return dict(sorted(self.counts.items()))
 
 
-def default_tokenizer() -> Callable[[Sequence[str]], np.ndarray]:
-  """clic_jax's CLIP tokenizer (identical to open_clip's), imported lazily."""
-  try:
-    from clic_jax.tokenizer import tokenize
-  except ImportError as e:
-    raise ImportError("clic_jax.tokenizer is not available; pass tokenizer= explicitly") from e
+def default_tokenizer(cfg=None) -> Callable[[Sequence[str]], np.ndarray]:
+  """The model's own tokenizer (clic_jax.get_tokenizer: CLIP BPE, or CLIPA/CLIPS's WordPiece),
+  CLIP's BPE without a model config; imported lazily."""
+  if cfg is not None:
+    from clic_jax.model_tokenizer import get_tokenizer
+    return get_tokenizer(cfg)
+  from clic_jax.tokenizer import tokenize
   return tokenize
 
 
@@ -106,6 +107,7 @@ class Embedder:
     self.image_size = model.cfg.vision.image_size
     self.context_length = model.cfg.text.context_length
     self.embed_dim = model.cfg.embed_dim
+    self._model_cfg = model.cfg
     self.num_threads = num_threads
     self._tokenizer = tokenizer
     self._batch_sharding = NamedSharding(self.mesh, P("data"))
@@ -118,7 +120,7 @@ class Embedder:
   @property
   def tokenizer(self):
     if self._tokenizer is None:
-      self._tokenizer = default_tokenizer()
+      self._tokenizer = default_tokenizer(self._model_cfg)
     return self._tokenizer
 
   # -- device side ---------------------------------------------------------------------------------
