@@ -91,12 +91,14 @@ def bench_one(model: str, batch: int, *, kind: str = "clic", remat: bool = False
   import jax
   import jax.numpy as jnp
 
+  from benchmarks.text_calls import SeparateTextCalls
   from benchmarks.train_step import make_batch, texts_per_image
   from clic_jax.data.images import normalization_constants
   from clic_jax.models import build_model, init_params
   from clic_jax.train import mesh as mesh_lib
   from clic_jax.train import optimizer as opt_lib
   from clic_jax.train import step as step_lib
+  from clic_jax.train.config import loss_spec
 
   freeze = ("^visual/",)
   module = build_model(model, dtype=jnp.dtype(dtype), remat=remat, attention_impl=attention_impl
@@ -118,9 +120,9 @@ def bench_one(model: str, batch: int, *, kind: str = "clic", remat: bool = False
   host = make_batch(cfg, global_batch, kind, seed)
   host["images"] = np.random.default_rng(seed).integers(0, 256, host["images"].shape, np.uint8)
   device_batch = mesh_lib.global_batch(mesh, host)
-  step_fn = step_lib.make_train_step(module, tx, kind, step_lib.LossWeights(),
-                                     image_norm=normalization_constants("clip"),
-                                     separate_text_calls=text_calls == "separate")
+  model = SeparateTextCalls(module, texts_per_image(kind)) if text_calls == "separate" else module
+  step_fn = step_lib.make_train_step(model, tx, kind, loss_spec(),
+                                     image_norm=normalization_constants("clip"))
   step = jax.jit(step_fn,
                  in_shardings=(state_sharding, mesh_lib.batch_sharding(mesh)),
                  out_shardings=(state_sharding, mesh_lib.replicated(mesh)), donate_argnums=0)

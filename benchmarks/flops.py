@@ -161,6 +161,7 @@ def xla_step_flops(model: str, batch_size: int, kind: str = "clic",
   from clic_jax.models import build_model
   from clic_jax.train import optimizer as opt_lib
   from clic_jax.train import step as step_lib
+  from clic_jax.train.config import loss_spec
 
   # Unrolled blocks: XLA's cost analysis counts a loop body once, not once per iteration.
   module = build_model(model, scan_layers=False).clone(pooled_last_block=pooled_last_block)
@@ -175,7 +176,7 @@ def xla_step_flops(model: str, batch_size: int, kind: str = "clic",
   tx = opt_lib.make_optimizer(params, total_steps=10, lr=1e-6, lr_start=1e-7, lr_end=1e-8,
                               warmup_fraction=0.2, freeze=("^visual/",))
   state = jax.eval_shape(lambda p: step_lib.create_state(p, tx, ("^visual/",)), params)
-  step = step_lib.make_train_step(module, tx, kind, step_lib.LossWeights())
+  step = step_lib.make_train_step(module, tx, kind, loss_spec())
   compiled = jax.jit(step).lower(state, {"images": images, "texts": texts}).compile()
   analysis = compiled.cost_analysis()
   if isinstance(analysis, (list, tuple)):   # older jax returned one dict per device

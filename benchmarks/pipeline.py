@@ -34,7 +34,8 @@ import time
 import numpy as np
 from PIL import Image
 
-from clic_jax.data import captions, images, pipeline, prepare, sources
+from clic_jax.data import arrayrecord_source, captions, images, pipeline, prepare, sources
+from clic_jax.train.config import default_config
 
 _ADJ = ["red", "blue", "green", "small", "large", "wooden", "old", "shiny", "striped", "dark"]
 _NOUN = ["dog", "cat", "table", "car", "woman", "man", "tree", "boat", "lamp", "bicycle", "cup",
@@ -79,7 +80,7 @@ def make_dataset(cache_dir: str, num_images: int, seed: int = 0) -> tuple[str, s
 
 def _prepared(csv_path, root, num_workers, max_short_side: int = 0) -> str:
   out = os.path.splitext(csv_path)[0] + f"_arrayrecord_{max_short_side}"
-  if not os.path.exists(os.path.join(out, sources.INDEX_FILENAME)):
+  if not os.path.exists(os.path.join(out, arrayrecord_source.INDEX_FILENAME)):
     prepare.prepare(prepare.parse_args([f"--csv={csv_path}", f"--image_root={root}", f"--out={out}",
                                         f"--num_workers={num_workers}", "--shard_size=500",
                                         "--pos_backend=auto", f"--max_short_side={max_short_side}"]))
@@ -180,10 +181,13 @@ def run(num_images: int = 2000, image_size: int = 224, batch_size: int = 32,
   shrunk = _prepared(csv_path, root, os.cpu_count() or 1, max_short_side=image_size + 32)
   setup_s = time.perf_counter() - t0
   source = sources.ArrayRecordSource(prepared)
+  data = default_config().data     # the trainer's options, CLIC steps only
   config = pipeline.PipelineConfig(
       source=sources.SourceSpec(arrayrecord_dir=prepared), global_batch_size=batch_size,
-      image_size=image_size, step_pattern=("clic",), seed=seed, num_threads=num_threads,
-      prefetch_batches=2 * num_threads, image_dtype="uint8")
+      image_size=image_size, num_extra_positives=data.num_extra_positives, step_pattern=("clic",),
+      mode=data.mode, seed=seed, concat_image_norm=data.concat_image_norm,
+      image_dtype=data.image_dtype, context_length=data.context_length,
+      pos_backend=data.pos_backend, num_threads=num_threads, prefetch_batches=2 * num_threads)
   num_batches = max(1, num_samples // batch_size)
   pairs = _pairs(source, config, num_batches * batch_size)
   _warm_up(source, config, pairs[:8])
@@ -222,10 +226,8 @@ def run(num_images: int = 2000, image_size: int = 224, batch_size: int = 32,
   }
   if include_csv:
     csv_source = sources.CsvSource(csv_path, root, num_threads=num_threads)
-    csv_config = pipeline.PipelineConfig(
-        source=sources.SourceSpec(csv=csv_path, image_root=root), global_batch_size=batch_size,
-        image_size=image_size, step_pattern=("clic",), seed=seed, num_threads=num_threads,
-        prefetch_batches=2 * num_threads, image_dtype="uint8")
+    csv_config = dataclasses.replace(config,
+                                     source=sources.SourceSpec(csv=csv_path, image_root=root))
     wall, cpu = _pipeline_rate(csv_config, csv_source, num_batches)
     result["csv_pipeline_samples_per_s"], result["csv_pipeline_samples_per_cpu_s"] = wall, cpu
   return result

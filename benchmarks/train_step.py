@@ -47,10 +47,10 @@ import time
 import numpy as np
 
 from benchmarks import host_malloc
+from benchmarks.text_calls import SeparateTextCalls
 
 SOT, EOT = 49406, 49407
 NUM_POSITIVES = 4
-LOSS_WEIGHTS = {"cont": 0.5, "sneg": 0.5, "uni": 1.0}
 OPTIM = {"lr": 1e-6, "b1": 0.9, "b2": 0.98, "eps": 1e-8, "weight_decay": 0.1}
 
 
@@ -82,8 +82,8 @@ def make_batch(cfg, batch_size: int, kind: str, seed: int = 0) -> dict:
 def trainer_rows(texts: np.ndarray) -> np.ndarray:
   """The token rows as clic_jax's trainer feeds them to the step (default text_length_buckets)."""
   from clic_jax.data.pipeline import text_length_for
-  from clic_jax.train import config, trainer
-  buckets = trainer.text_length_buckets(config.default_config())
+  from clic_jax.train import config
+  buckets = config.parse_text_length_buckets(config.default_config().data.text_length_buckets)
   return np.ascontiguousarray(texts[..., :text_length_for(texts, buckets)])
 
 
@@ -141,8 +141,10 @@ def torch_clic_loss(img, txt, scale, batch_size: int):
     sneg.append(F.cross_entropy(two_way, torch.zeros(b, dtype=torch.long, device=img.device)))
   contrastive = (torch.stack(i2t).mean() + torch.stack(t2i).mean()) / 2
   uni = (pos[0] - pos[1]).pow(2).sum(-1).mean()
-  return (LOSS_WEIGHTS["cont"] * contrastive + LOSS_WEIGHTS["sneg"] * torch.stack(sneg).mean()
-          + LOSS_WEIGHTS["uni"] * uni)
+  from clic_jax.train.config import loss_spec   # the trainer's default weights
+  weights = loss_spec()
+  return (weights.cont * contrastive + weights.sneg * torch.stack(sneg).mean()
+          + weights.uni * uni)
 
 
 def torch_clip_loss(img, txt, scale):
@@ -209,20 +211,6 @@ class TorchStep:
 # clic_jax side.
 
 
-class _SeparateTextCalls:
-  """Wraps a CLIP module so the step's one encode_text call becomes `calls` calls (an ablation)."""
-
-  def __init__(self, module, calls: int):
-    self.module, self.calls = module, calls
-
-  def apply(self, variables, x, method):
-    import jax.numpy as jnp
-    if method != "encode_text" or self.calls == 1:
-      return self.module.apply(variables, x, method=method)
-    return jnp.concatenate([self.module.apply(variables, chunk, method=method)
-                            for chunk in jnp.split(x, self.calls)])
-
-
 class JaxStep:
   """clic_jax's jitted train step (donated state) and its state, ready to call on a device batch."""
 
@@ -233,15 +221,17 @@ class JaxStep:
 
     from clic_jax.train import optimizer as opt_lib
     from clic_jax.train import step as step_lib
+    from clic_jax.train.config import loss_spec
     module = module.clone(**module_overrides) if module_overrides else module
     freeze = ("^visual/",) if freeze_vision else ()
     tx = opt_lib.make_optimizer(
         params, total_steps=1000, lr=OPTIM["lr"], lr_start=OPTIM["lr"], lr_end=OPTIM["lr"],
         warmup_fraction=0.0, weight_decay=OPTIM["weight_decay"], b1=OPTIM["b1"], b2=OPTIM["b2"],
         eps=OPTIM["eps"], freeze=freeze)
-    model = _SeparateTextCalls(module, texts_per_image(kind)) if separate_text_calls else module
+    if separate_text_calls:
+      module = SeparateTextCalls(module, texts_per_image(kind))
     self.state = jax.jit(lambda p: step_lib.create_state(p, tx, freeze))(params)
-    step = step_lib.make_train_step(model, tx, kind, step_lib.LossWeights(**LOSS_WEIGHTS))
+    step = step_lib.make_train_step(module, tx, kind, loss_spec())
     self._step = jax.jit(step, donate_argnums=0)
 
   def __call__(self, batch):
@@ -302,8 +292,8 @@ def run(model: str = "ViT-B-32-quickgelu", batch_sizes=(8, 16), kinds=("clic", "
   Ablations (CLIC step, first batch size, same measurement loop, trainer rows): the vision tower
   trained instead of frozen, the other text-call mode, rematerialized blocks, and the last block
   run for every token (`pooled_last_block=False`). `split_text_calls` chooses whether the compared
-  clic_jax step encodes each caption set in its own call; None does what the trainer's
-  `model.text_calls="auto"` does: one batched call.
+  clic_jax step encodes each caption set in its own call (benchmarks/text_calls.py); None does
+  what the trainer does: one batched call.
   """
   if malloc not in ("keep", "default"):
     raise ValueError(f"malloc must be 'keep' or 'default', got {malloc!r}")

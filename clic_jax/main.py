@@ -46,6 +46,7 @@ def main(argv):
     sys.exit("Both --config=configs/FILE.py and --workdir=DIR are required (see --help).")
   # Terminal: our INFO messages, libraries' warnings; WORKDIR/logs/train.log: everything at INFO.
   logging_setup.setup_logging(_WORKDIR.value, jax.process_index())
+  from clic_jax.train import config as config_lib
   from clic_jax.train import trainer
   try:
     if config.get("demo"):
@@ -57,9 +58,7 @@ def main(argv):
                                          summary["total_steps"],
                                          " (preempted; rerun to resume)" if summary["preempted"]
                                          else "")
-  except (trainer.ConfigError, FileNotFoundError) as e:
-    sys.exit(f"error: {e}")
-  except trainer.NonFiniteLossError as e:
+  except (config_lib.ConfigError, FileNotFoundError, trainer.NonFiniteLossError) as e:
     sys.exit(f"error: {e}")
 
 

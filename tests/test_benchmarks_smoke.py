@@ -175,3 +175,25 @@ def test_run_reports_failures_and_writes_json(tmp_path, monkeypatch):
   assert report["broken_key"] is None
   assert _positive(report["clic_b32_tflop_per_step"])
   assert "ERROR" in run_lib.format_table(report)
+
+
+def test_separate_text_calls_give_the_same_step():
+  """The ablation wrapper (one encode_text call per caption set) computes the trainer's step."""
+  import jax
+  import optax
+
+  from benchmarks.text_calls import SeparateTextCalls
+  from clic_jax import models
+  from clic_jax.train import config as config_lib
+  from clic_jax.train import step as step_lib
+  model, params = models.create_model("tiny", seed=4)
+  tx = optax.sgd(1e-2)
+  batch = train_step.make_batch(model.cfg, 16, "clic", seed=0)
+  state = step_lib.create_state(params, tx, ())
+  results = [jax.device_get(jax.jit(step_lib.make_train_step(
+      module, tx, "clic", config_lib.loss_spec()))(state, batch))
+             for module in (model, SeparateTextCalls(model, train_step.texts_per_image("clic")))]
+  (s_a, m_a), (s_b, m_b) = results
+  assert np.isclose(m_a["loss"], m_b["loss"], rtol=1e-6)
+  for a, b in zip(jax.tree.leaves(s_a.trainable), jax.tree.leaves(s_b.trainable)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

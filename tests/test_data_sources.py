@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clic_jax.data import images, sources
+from clic_jax.data import arrayrecord_source, images, records, sources
 
 
 def _save(path, size=(64, 48), mode="RGB", fmt=None, color=(200, 30, 30)):
@@ -131,7 +131,7 @@ def test_csv_source_counts_every_bad_row(tmp_path):
   assert report["malformed_csv_row"] == 1
   assert report["missing_image"] == 1 and report["empty_image"] == 1
   assert report["unusable_caption"] == 2
-  assert list(src.aspects == sources.UNUSABLE) == [False] * 3 + [True] * 4
+  assert list(src.aspects == records.UNUSABLE) == [False] * 3 + [True] * 4
 
 
 def test_csv_pos_sidecar_is_used(tmp_path):
@@ -154,10 +154,10 @@ def test_open_source_errors(tmp_path):
 
 def test_record_encoding_roundtrip():
   meta = {"sentences": ["ünïcode caption"], "aspect": "wider"}
-  got_meta, got_bytes = sources.decode_record(sources.encode_record(meta, b"\xff\xd8jpeg"))
+  got_meta, got_bytes = arrayrecord_source.decode_record(arrayrecord_source.encode_record(meta, b"\xff\xd8jpeg"))
   assert got_meta == meta and got_bytes == b"\xff\xd8jpeg"
   with pytest.raises(ValueError, match="magic"):
-    sources.decode_record(b"garbage")
+    arrayrecord_source.decode_record(b"garbage")
 
 
 # --- TFDS ----------------------------------------------------------------------------------------
@@ -192,8 +192,8 @@ def test_tfds_array_record_source(tmp_path):
               sources.TfdsSource("tiny_captions", data_dir=str(tmp_path))):
     assert len(src) == 6 and src.caption_key == "captions/text"
     assert src.report == {"unusable_caption": 1}
-    records = [src[i] for i in range(6)]
-    usable = [r for r, a in zip(records, src.aspects) if a != sources.UNUSABLE]
+    read = [src[i] for i in range(6)]
+    usable = [r for r, a in zip(read, src.aspects) if a != records.UNUSABLE]
     assert len(usable) == 5
     for r in usable:
       assert r["sentences"][0].startswith("a box number") and r["sentences"][1] == "second caption"

@@ -269,16 +269,3 @@ def test_clamp_logit_scale():
   jitted = jax.jit(opt.clamp_logit_scale)(params)
   assert float(jitted["logit_scale"]) == pytest.approx(math.log(100.0))
   assert opt.clamp_logit_scale({"a": jnp.asarray(9.0)})["a"] == 9.0  # frozen logit_scale: no-op
-
-
-def test_step_pattern():
-  assert opt.step_pattern(1) == ("clic", "clip")
-  assert opt.step_pattern(1.0) == ("clic", "clip")
-  assert opt.step_pattern(3) == ("clip", "clic", "clic", "clic")
-  assert opt.step_pattern(2.5) == ("clip", "clic", "clic")
-  assert opt.step_pattern(0.5) == ("clic", "clip", "clip")
-  assert opt.step_pattern(0.25) == ("clic",) + ("clip",) * 4
-  assert opt.step_pattern(1, alternate_with_clip=False) == ("clic",)
-  for bad in (0, -1, float("nan"), float("inf"), "1", True):
-    with pytest.raises(ValueError, match="hard_negative_freq"):
-      opt.step_pattern(bad)

@@ -41,7 +41,9 @@ def _make_csv(tmp_path, n=24, extra_rows=(), name="data.csv"):
 
 def _config(csv_path, root, **kw):
   base = dict(source=sources.SourceSpec(csv=csv_path, image_root=root), global_batch_size=4,
-              image_size=SIZE, seed=0, num_threads=2, prefetch_batches=2, pos_backend="lexicon")
+              image_size=SIZE, num_extra_positives=2, step_pattern=("clic", "clip"), mode="clic",
+              seed=0, concat_image_norm="clip", image_dtype="float32", context_length=77,
+              num_threads=2, prefetch_batches=2, pos_backend="lexicon")
   base.update(kw)
   return pipeline.PipelineConfig(**base)
 
@@ -242,9 +244,9 @@ def test_all_bad_dataset_gives_one_clear_error(tmp_path):
 def test_negclip_and_baseline_modes(data):
   neg = _take(pipeline.make_train_iterator(_config(*data, mode="negclip")), 3)
   assert [b["kind"] for b in neg] == ["negclip"] * 3
-  assert neg[0]["texts"].shape == (4, 2, 77)
+  assert neg[0]["texts"].shape == (4, 2, 77) and "negative_valid" in neg[0]
   base = _take(pipeline.make_train_iterator(_config(*data, mode="baseline")), 2)
-  assert [b["kind"] for b in base] == ["clic", "clip"]
+  assert [b["kind"] for b in base] == ["baseline", "clip"]
   assert base[0]["texts"].shape == (4, 5, 77)
   # p2 = p1 (docs/method.md, "Training variants").
   np.testing.assert_array_equal(base[0]["texts"][:, 0], base[0]["texts"][:, 1])

@@ -1,6 +1,7 @@
 """The training step and loop: sharding equivalence, learning, exact resume, freezing, config errors."""
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -10,6 +11,7 @@ import pytest
 
 from clic_jax import models
 from clic_jax.data import pipeline as pipeline_lib
+from clic_jax.train import config as config_lib
 from clic_jax.train import mesh as mesh_lib
 from clic_jax.train import optimizer as opt_lib
 from clic_jax.train import step as step_lib
@@ -51,7 +53,7 @@ def synthetic_batch(kind, batch=16, positives=4, size=32, seed=0):
 def _step_on(devices, model, params, tx, kind, batch):
   mesh = mesh_lib.make_mesh(1, devices)
   state = jax.device_put(step_lib.create_state(params, tx, ("^visual/",)), mesh_lib.replicated(mesh))
-  fn = jax.jit(step_lib.make_train_step(model, tx, kind, step_lib.LossWeights()))
+  fn = jax.jit(step_lib.make_train_step(model, tx, kind, config_lib.loss_spec()))
   new_state, metrics = fn(state, mesh_lib.global_batch(mesh, batch))
   return jax.device_get(new_state.trainable), jax.device_get(metrics)
 
@@ -141,15 +143,49 @@ def test_bad_configs_fail_before_compiling(tmp_path, caption_dataset):
            ({"loss.hard_negative_sets": "minimal", "loss.separate_negatives": False},
             "needs config.loss.separate_negatives=True"),
            ({"loss.hard_negative_sets": "minimal", "data.mode": "negclip"},
-            "does not apply to data.mode='negclip'")]
+            "does not apply to data.mode='negclip'"),
+           # A loss option that no step of the run reads is an error, not silence.
+           ({"loss.cont": 0.3, "loss.separate_negatives": False}, "loss.cont=0.3 is not used"),
+           ({"loss.sneg": 0.1, "data.mode": "negclip"}, "negclip steps use the unified form"),
+           ({"loss.uni": 0.5, "data.mode": "baseline"}, "baseline steps fix it to 0.0"),
+           ({"loss.cont": 0.3, "step_kinds": "clip"}, "clip steps have no loss options"),
+           ({"step_kinds": "clip", "data.mode": "negclip"}, "step_kinds='clip' does not apply"),
+           ({"step_kinds": "clic,clop"}, "step_kinds='clic,clop'"),
+           ({"hard_negative_freq": -1.0}, "hard_negative_freq must be a finite number > 0"),
+           ({"optim.warmup_fraction": 1.5}, "config.optim: .*warmup_fraction"),
+           ({"data.csv": ""}, "exactly one data source")]
   for overrides, message in cases:
-    with pytest.raises(trainer.ConfigError, match=message):
+    with pytest.raises(config_lib.ConfigError, match=message):
       trainer.train(tiny_config(csv_path, images, **overrides), tmp_path / "bad")
 
 
-def test_attention_impl_auto_is_xla_off_nvidia_gpus():
-  assert trainer.attention_impl("auto") is None         # CPU here; cudnn only on NVIDIA GPUs
-  assert trainer.attention_impl("cudnn") == "cudnn" and trainer.attention_impl("xla") == "xla"
+def test_every_mode_and_config_is_accepted_with_default_options(caption_dataset):
+  """Options a mode does not read pass while they keep their defaults (configs/, the demo's and
+  the experiment's stages set none of them)."""
+  for overrides, pattern in [({}, ["clic", "clip"]), ({"step_kinds": "clip"}, ["clip"]),
+                             ({"data.mode": "baseline"}, ["baseline", "clip"]),
+                             ({"data.mode": "negclip"}, ["negclip"]),
+                             ({"data.mode": "negclip", "loss.separate_negatives": False},
+                              ["negclip"]),
+                             ({"data.mode": "baseline", "loss.uni": 0.0}, ["baseline", "clip"]),
+                             ({"hard_negative_freq": 2.0}, ["clip", "clic", "clic"]),
+                             ({"alternate_with_clip": False}, ["clic"]),
+                             ({"loss.separate_negatives": False}, ["clic", "clip"])]:
+    spec = config_lib.run_spec(tiny_config(*caption_dataset, **overrides))
+    assert [k.name for k in spec.schedule.pattern] == pattern, overrides
+  from configs import b16, b32, l14
+  for module in (b16, b32, l14):
+    config = module.get_config()
+    config.data.csv = str(caption_dataset[0])
+    assert config_lib.run_spec(config).model.name == config.model.name
+
+
+def test_attention_impl_auto_is_xla_off_nvidia_gpus(caption_dataset):
+  def attention(impl):
+    return config_lib.run_spec(tiny_config(*caption_dataset,
+                                           **{"model.attention_impl": impl})).model.attention
+  assert attention("auto") is None         # CPU here; cudnn only on NVIDIA GPUs
+  assert attention("cudnn") == "cudnn" and attention("xla") == "xla"
 
 
 def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, caption_dataset, monkeypatch):
@@ -184,9 +220,9 @@ def test_uint8_images_normalized_on_device_match_host_normalization():
   host = dict(batch, images=pixels.astype(np.float32) * scale + offset)
   device = dict(batch, images=pixels)
   state = step_lib.create_state(params, tx, ())
-  _, m_host = jax.jit(step_lib.make_train_step(model, tx, "clic", step_lib.LossWeights()))(
+  _, m_host = jax.jit(step_lib.make_train_step(model, tx, "clic", config_lib.loss_spec()))(
       state, host)
-  _, m_dev = jax.jit(step_lib.make_train_step(model, tx, "clic", step_lib.LossWeights(),
+  _, m_dev = jax.jit(step_lib.make_train_step(model, tx, "clic", config_lib.loss_spec(),
                                               image_norm=(scale, offset)))(state, device)
   assert np.isclose(float(m_host["loss"]), float(m_dev["loss"]), rtol=1e-6)
 
@@ -210,20 +246,6 @@ def test_evaluation_runs_on_the_configured_schedule_and_a_failing_one_is_reporte
   assert all(r["eval/winoground/failed"] == 1 for r in evals)
 
 
-def test_separate_text_calls_give_the_same_step():
-  model, params = models.create_model("tiny", seed=4)
-  tx = optax.sgd(1e-2)
-  batch = synthetic_batch("clic")
-  state = step_lib.create_state(params, tx, ())
-  results = [jax.device_get(jax.jit(step_lib.make_train_step(
-      model, tx, "clic", step_lib.LossWeights(), separate_text_calls=sep))(state, batch))
-             for sep in (False, True)]
-  (s_a, m_a), (s_b, m_b) = results
-  assert np.isclose(m_a["loss"], m_b["loss"], rtol=1e-6)
-  for a, b in zip(jax.tree.leaves(s_a.trainable), jax.tree.leaves(s_b.trainable)):
-    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-
-
 def test_trimmed_text_rows_give_the_same_step():
   """Cutting padding columns after the longest caption is exact (causal tower, EOT pooling)."""
   model, params = models.create_model("tiny", seed=5)
@@ -233,7 +255,7 @@ def test_trimmed_text_rows_give_the_same_step():
   assert length == 32 < batch["texts"].shape[-1]
   trimmed = dict(batch, texts=batch["texts"][..., :length])
   state = step_lib.create_state(params, tx, ())
-  step = jax.jit(step_lib.make_train_step(model, tx, "clic", step_lib.LossWeights()))
+  step = jax.jit(step_lib.make_train_step(model, tx, "clic", config_lib.loss_spec()))
   (s_a, m_a), (s_b, m_b) = (jax.device_get(step(state, b)) for b in (batch, trimmed))
   assert np.isclose(m_a["loss"], m_b["loss"], rtol=1e-6)
   for a, b in zip(jax.tree.leaves(s_a.trainable), jax.tree.leaves(s_b.trainable)):
@@ -249,9 +271,8 @@ def test_training_with_text_length_buckets_matches_full_rows(tmp_path, caption_d
                               **{"data.text_length_buckets": buckets}), workdir)
     losses[buckets] = [r["loss"] for r in read_metrics(workdir)]
   np.testing.assert_allclose(losses[""], losses["8,16,32,48,64"], rtol=1e-5)
-  with pytest.raises(trainer.ConfigError, match="text_length_buckets"):
-    trainer.text_length_buckets(tiny_config(csv_path, images,
-                                            **{"data.text_length_buckets": "32,long"}))
+  with pytest.raises(config_lib.ConfigError, match="text_length_buckets"):
+    config_lib.run_spec(tiny_config(csv_path, images, **{"data.text_length_buckets": "32,long"}))
 
 
 def test_masked_step_on_eight_devices_and_the_mask_switch():
@@ -267,8 +288,9 @@ def test_masked_step_on_eight_devices_and_the_mask_switch():
   mesh = mesh_lib.make_mesh(1, jax.devices())
   state = jax.device_put(step_lib.create_state(params, sgd, ()), mesh_lib.replicated(mesh))
 
-  def run(b, **weights):
-    fn = jax.jit(step_lib.make_train_step(model, sgd, "clic", step_lib.LossWeights(**weights)))
+  def run(b, **options):
+    loss = dataclasses.replace(config_lib.loss_spec(), **options)
+    fn = jax.jit(step_lib.make_train_step(model, sgd, "clic", loss))
     return jax.device_get(fn(state, mesh_lib.global_batch(mesh, b))[1])
 
   plain = run(batch)
@@ -284,7 +306,7 @@ def test_masked_step_on_eight_devices_and_the_mask_switch():
   for i in range(1, 5):
     assert 0.0 <= plain[f"pos_over_neg/p{i}"] <= 1.0
     assert 0.0 <= plain[f"pos_over_neg_wrong_image/p{i}"] <= 1.0
-  minimal = run(batch, sneg_sets=2)
+  minimal = run(batch, hard_negative_sets="minimal")
   assert minimal["sneg_loss"] != plain["sneg_loss"]
   assert minimal["contrastive_loss"] == plain["contrastive_loss"]
 

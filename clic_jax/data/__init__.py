@@ -1,6 +1,6 @@
 """Input data for CLIC: sources, dataset preparation, image pairs, caption variants, POS tagging.
 
-One sample's path: sources (a record) -> pipeline (partner, view for the step kind) -> images
+One sample's path: a reader (a record) -> pipeline (partner, view for the step kind) -> images
 (decode, resize, concatenate) + captions (variants, hard negative) -> tokenizer -> batch.
 
 Text side (no heavy imports, usable without jax):
@@ -9,7 +9,10 @@ Text side (no heavy imports, usable without jax):
   pos_tagging  coarse Universal POS tags: spaCy when a pipeline is installed, else an offline lexicon
   captions     caption variants p1..pK and hard negatives (docs/method.md, "Samples")
 Image and record side:
-  sources      reference CSV, prepared ArrayRecord shards, TFDS ArrayRecord datasets
+  sources      a source kind -> its reader (SOURCE_KINDS), exactly one source per run
+  records      what every reader gives: the record dict, aspect codes, shared helpers
+  csv_source, arrayrecord_source, tfds_source
+               the readers: reference CSV, prepared ArrayRecord shards, TFDS ArrayRecord datasets
   images       decoding (odd modes, truncated files), half-image resize, concatenation, CLIP view
   pipeline     the grain training pipeline: host slices, shuffle, partner index, batches per kind
   prepare      `python -m clic_jax.data.prepare`: CSV + images -> ArrayRecord shards with tags

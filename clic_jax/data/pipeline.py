@@ -14,15 +14,17 @@ Dataset graph (all random access until the last steps, so grain's iterator state
 A sample builds only the view its step needs (docs/method.md, "Alternating steps"). Step t has kind
 pattern[t % len(pattern)], so position p of the host stream is built as kind
 pattern[(p // host_batch) % len(pattern)], and batch t holds exactly positions [t*B, (t+1)*B):
-every sample of a batch has the batch's kind.
+every sample of a batch has the batch's kind. A kind is a row of modes.STEP_KINDS: its image view
+(a glued pair or the single image) and its caption builder are read from there.
 
 Batches (numpy):
   CLIC    {"kind": "clic", "images": f32 (B,S,S,3), "texts": i32 (B,P+1,L),
            "negative_valid": bool (B,), "image_norm": "clip"|"imagenet", "stats": {name: i64}}
           texts[:, :P] are the positives p1..pP (p1, p2 = swapped order, then the extra pairs) and
           texts[:, P] the hard negative; negative_valid is False where no swap gave a negative
-          unlike every positive (the loss may mask it). In mode "baseline" the image is the single
-          view and p2 = p1 (docs/method.md, "Training variants").
+          unlike every positive (the loss may mask it).
+  Baseline {"kind": "baseline", as CLIC but the single view and p2 = p1 (docs/method.md,
+           "Training variants")}
   CLIP    {"kind": "clip", "images": f32 (B,S,S,3), "texts": i32 (B,1,L), "image_norm", "stats"}
   NegCLIP {"kind": "negclip", "images": single view, "texts": i32 (B,2,L) [caption, negative],
            "negative_valid", "image_norm", "stats"}
@@ -42,40 +44,41 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from clic_jax.data import images, sources
+from clic_jax import modes
+from clic_jax.data import images, records, sources
 from clic_jax.data import stats as stats_lib
-
-MODES = ("clic", "negclip", "baseline")
 
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConfig:
-  """Everything the training pipeline needs; the trainer maps its ml_collections config onto this."""
+  """Everything the training pipeline needs; the trainer makes it from its run spec.
+
+  The options the training config also has carry no default here: default_config() writes them.
+  """
   source: sources.SourceSpec
   global_batch_size: int
+  image_size: int
+  num_extra_positives: int
+  step_pattern: tuple[str, ...]     # written with modes.HARD_STEP / modes.CLIP_STEP_NAME
+  # See docs/method.md, "Training variants" (mode) and "Concatenated image" (concat_image_norm).
+  mode: str                         # a key of modes.MODES
+  seed: int
+  concat_image_norm: str            # "clip" | "imagenet" (reference)
+  image_dtype: str                  # "uint8": images left unnormalized, batch["image_norm"] names
+                                    # the statistics (images.normalization_constants) for the device
+  context_length: int
+  pos_backend: str                  # tagger for records without stored tags
   process_index: int = 0
   process_count: int = 1
-  image_size: int = 224
-  num_extra_positives: int = 2
-  step_pattern: tuple[str, ...] = ("clic", "clip")
-  # See docs/method.md, "Training variants" (mode) and "Concatenated image" (concat_image_norm).
-  mode: str = "clic"                # "clic" | "negclip" | "baseline"
-  seed: int = 0
-  concat_image_norm: str = "clip"   # "clip" | "imagenet" (reference)
-  image_dtype: str = "float32"      # "uint8": images left unnormalized, batch["image_norm"] names
-                                    # the statistics (images.normalization_constants) for the device
   num_epochs: int | None = None     # None: repeat forever
-  context_length: int = 77
   num_threads: int | None = None    # grain reader threads (PIL releases the GIL); None: one per
                                     # core. With mp_workers: threads per worker, each builds a batch
   prefetch_batches: int | None = None  # batches read ahead (default 2)
   mp_workers: int = 0               # >0: grain mp_prefetch worker processes
-  pos_backend: str = "auto"         # tagger for records without stored tags
   max_resample_tries: int = 100
 
   def __post_init__(self):
-    if self.mode not in MODES:
-      raise ValueError(f"pipeline mode {self.mode!r} is unknown; use one of {MODES}")
+    modes.mode(self.mode).pattern(self.step_pattern)   # fails early on an unknown mode or kind
     if self.image_size <= 0 or self.image_size % 2:
       raise ValueError(
           f"image_size must be a positive even number (two halves), got {self.image_size}")
@@ -86,11 +89,6 @@ class PipelineConfig:
                        f"process_count {self.process_count}")
     if self.global_batch_size < self.process_count:
       raise ValueError("global_batch_size must be at least one sample per host")
-    if self.mode != "negclip":
-      bad = [k for k in self.step_pattern if k not in ("clic", "clip")]
-      if not self.step_pattern or bad:
-        raise ValueError(f"step_pattern {self.step_pattern!r} must be a non-empty sequence of "
-                         "'clic' / 'clip'")
     if self.num_extra_positives < 0:
       raise ValueError("num_extra_positives must be >= 0")
     if self.image_dtype not in ("float32", "uint8"):
@@ -102,10 +100,10 @@ class PipelineConfig:
     return self.global_batch_size // self.process_count
 
   @property
-  def pattern(self) -> tuple[str, ...]:
-    return ("negclip",) if self.mode == "negclip" else tuple(self.step_pattern)
+  def pattern(self) -> tuple[modes.StepKind, ...]:
+    return modes.mode(self.mode).pattern(self.step_pattern)
 
-  def kind_of_step(self, step: int) -> str:
+  def kind_of_step(self, step: int) -> modes.StepKind:
     return self.pattern[step % len(self.pattern)]
 
 
@@ -123,7 +121,8 @@ class RawSample:
   layout: str                          # "side_by_side" | "stacked" | "single"
   single_caption: str
   counts: collections.Counter
-  negative_valid: bool = True          # False: no swap gave a negative unlike every positive
+  negative_valid: bool | None = None   # steps with a negative: False where no swap gave one
+                                       # unlike every positive
   tokens: np.ndarray | None = None     # int32 (len(texts), L) when already computed
 
 
@@ -136,7 +135,7 @@ class PartnerIndex:
   @classmethod
   def from_aspects(cls, aspects: np.ndarray) -> "PartnerIndex":
     aspects = np.asarray(aspects)
-    usable = np.flatnonzero(aspects != sources.UNUSABLE)
+    usable = np.flatnonzero(aspects != records.UNUSABLE)
     by_class = tuple(np.flatnonzero(aspects == code) for code in range(len(images.ASPECT_CLASSES)))
     return cls(usable, by_class)
 
@@ -191,7 +190,7 @@ class SampleBuilder:
   def _load(self, record_id: int, min_size) -> tuple[dict, Any]:
     """(record, RGB image); raises images.ImageError or _Unusable."""
     record = self.source[record_id]
-    if not record["sentences"] or not sources.has_words(record["sentences"][0]):
+    if not record["sentences"] or not records.has_words(record["sentences"][0]):
       raise _Unusable("unusable_caption")
     return record, images.decode_rgb(record["image"], min_size)
 
@@ -213,33 +212,36 @@ class SampleBuilder:
         f"no usable record found in {self.config.max_resample_tries} attempts (reasons: "
         f"{stats_lib.nonzero(counts)}); the data seems unusable: {_source_summary(self.source)}")
 
-  # -- the three views ---------------------------------------------------------------------------
+  # -- one sample: the image view and the caption set of its step kind (modes.STEP_KINDS) ----------
 
-  def raw_sample(self, kind: str, record_id: int, rng: np.random.Generator) -> RawSample:
+  def raw_sample(self, kind: str | modes.StepKind, record_id: int,
+                 rng: np.random.Generator) -> RawSample:
     counts = collections.Counter()
-    if kind == "clic" and self.config.mode == "clic":
-      build = functools.partial(self._clic, rng=rng, counts=counts)
-    else:
-      build = functools.partial(self._single, kind=kind, rng=rng, counts=counts)
+    build = functools.partial(self._sample, kind=modes.step_kind(kind), rng=rng, counts=counts)
     return self._retrying(rng, record_id, counts, build)
 
-  def _single(self, record_id: int, *, kind: str, rng, counts) -> RawSample:
+  def _sample(self, record_id: int, *, kind: modes.StepKind, rng, counts) -> RawSample:
+    view = self._pair_view if kind.image == modes.PAIR else self._single_view
+    record, partner, pixels, layout = view(record_id, rng, counts)
+    paths = [record["path"]] + ([partner["path"]] if partner else [])
+    if kind.captions is None:
+      # The raw first sentence, no period, no partner (docs/method.md, "Caption variants").
+      first = record["sentences"][0]
+      return RawSample(kind.name, pixels, [first], paths, layout, first, counts)
+    caption_set, memo = self._caption_set(kind, rng, record, partner)
+    counts.update({stats_lib.CAPTION_PREFIX + k: v for k, v in caption_set.counters.items()})
+    texts = list(caption_set.positives) + [caption_set.negative]
+    return RawSample(kind.name, pixels, texts, paths, layout, caption_set.single_caption, counts,
+                     caption_set.negative_is_valid, memo(texts))
+
+  def _single_view(self, record_id: int, rng, counts):
+    """(record, no partner, CLIP's evaluation view, layout) (docs/method.md, "Single image")."""
     size = self.config.image_size
     record, img = self._load(record_id, (size, size))
-    pixels = images.clip_val_view(img, size)
-    first = record["sentences"][0]
-    if kind == "clip":
-      # The raw first sentence, no period, no partner (docs/method.md, "Caption variants").
-      texts = [first]
-    else:
-      caption_set, memo = self._caption_set(kind, rng, record, None)
-      counts.update({stats_lib.CAPTION_PREFIX + k: v for k, v in caption_set.counters.items()})
-      texts = list(caption_set.positives) + [caption_set.negative]
-      return RawSample(kind, pixels, texts, [record["path"]], "single", first, counts,
-                       caption_set.negative_is_valid, memo(texts))
-    return RawSample(kind, pixels, texts, [record["path"]], "single", first, counts)
+    return record, None, images.clip_val_view(img, size), "single"
 
-  def _clic(self, record_id: int, *, rng, counts) -> RawSample:
+  def _pair_view(self, record_id: int, rng, counts):
+    """(record, partner, the two images glued, layout) (docs/method.md, "Concatenated image")."""
     size = self.config.image_size
     code = int(self._aspects[record_id])
     aspect = images.ASPECT_CLASSES[code]
@@ -261,38 +263,24 @@ class SampleBuilder:
     # Random spatial order, independent of caption order (docs/method.md, "Concatenated image").
     swap_order = bool(rng.integers(2))
     first_img, second_img = (partner_img, img) if swap_order else (img, partner_img)
-    pixels = images.concat_pair(first_img, second_img, aspect, size)
-    caption_set, memo = self._caption_set("clic", rng, record, partner)
-    counts.update({stats_lib.CAPTION_PREFIX + k: v for k, v in caption_set.counters.items()})
     layout = "side_by_side" if aspect == images.HIGHER else "stacked"
-    texts = list(caption_set.positives) + [caption_set.negative]
-    return RawSample("clic", pixels, texts, [record["path"], partner["path"]], layout,
-                     caption_set.single_caption, counts, caption_set.negative_is_valid,
-                     memo(texts))
+    return record, partner, images.concat_pair(first_img, second_img, aspect, size), layout
 
-  def _caption_set(self, kind, rng, record, partner):
+  def _caption_set(self, kind: modes.StepKind, rng, record, partner):
     """(the caption module's CaptionSet, a per-sample token memo): the negative check tokenizes
     the positives once, and the memo gives their rows to the batch without tokenizing again."""
-    from clic_jax.data import captions
-    k = self.config.num_extra_positives
-    first, extras = record["sentences"][0], record["sentences"][1:]
     memo = TokenMemo(self.tokenize)
     try:
-      if kind == "negclip":
-        result = captions.negclip_caption_set(rng, first, self.first_tags(record),
-                                              tokenize_fn=memo)
-      elif self.config.mode == "baseline":
-        result = captions.baseline_caption_set(rng, first, extras, self.first_tags(record),
-                                               num_extra=k, tokenize_fn=memo)
-      else:
-        result = captions.clic_caption_set(
-            rng, first, extras, self.first_tags(record),
-            partner["sentences"][0], partner["sentences"][1:], self.first_tags(partner),
-            num_extra=k, tokenize_fn=memo)
+      result = kind.captions(rng, self._sentences(record), partner and self._sentences(partner),
+                             self.config.num_extra_positives, memo)
       return result, memo
     except Exception as e:  # a caption the text code cannot handle must not stop training.
       logging.debug("caption variants failed for %s: %r", record.get("id"), e)
       raise _Unusable("caption_error") from None
+
+  def _sentences(self, record: dict) -> modes.Sentences:
+    sentences = record["sentences"]
+    return modes.Sentences(sentences[0], sentences[1:], self.first_tags(record))
 
   # -- grain entry point ---------------------------------------------------------------------------
 
@@ -308,7 +296,7 @@ class SampleBuilder:
     norm = "clip" if raw.layout == "single" else self.config.concat_image_norm
     sample = {"pixels": raw.pixels, "norm": norm, "texts": tokens, "stats": dict(counts),
               "kind": raw.kind, "normalize": self.config.image_dtype == "float32"}
-    if raw.kind != "clip":
+    if raw.negative_valid is not None:
       sample["negative_valid"] = raw.negative_valid
     return sample
 
@@ -402,7 +390,7 @@ def check_usable(source, index: PartnerIndex, config: PipelineConfig) -> None:
                     "the CSV paths (see the skip counts)")
   if len(index.usable) < config.process_count:
     raise DataError(f"only {len(index.usable)} usable records for {config.process_count} hosts")
-  needs_pairs = config.mode == "clic" and "clic" in config.pattern
+  needs_pairs = any(kind.image == modes.PAIR for kind in config.pattern)
   if needs_pairs and max(len(ids) for ids in index.by_class) < 2:
     raise DataError(f"CLIC pairs need two usable images of the same aspect class; found "
                     f"{[len(ids) for ids in index.by_class]} (wider, higher) in "

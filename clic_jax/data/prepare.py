@@ -33,7 +33,7 @@ import sys
 
 import numpy as np
 
-from clic_jax.data import images, sources
+from clic_jax.data import arrayrecord_source, csv_source, images, records
 
 PLAN_FILENAME = "plan.json"
 REPORT_FILENAME = "report.json"
@@ -57,7 +57,7 @@ def _split_fn():
 class ShardJob:
   shard: int
   num_shards: int
-  rows: list            # list[sources.CsvRow]
+  rows: list            # list[csv_source.CsvRow]
   image_root: str | None
   out: str
   pos_backend: str
@@ -96,10 +96,10 @@ def write_shard(job: ShardJob) -> dict:
   num_resized = 0
   kept = []
   for row in job.rows:
-    if not sources.has_words(row.sentences[0]):
+    if not records.has_words(row.sentences[0]):
       report["unusable_caption"] += 1
       continue
-    path = sources.resolve_image_path(row.path, job.image_root)
+    path = csv_source.resolve_image_path(row.path, job.image_root)
     try:
       data = images.read_bytes(path)
       width, height = images.image_size(data)
@@ -126,8 +126,8 @@ def write_shard(job: ShardJob) -> dict:
     meta = {"id": f"row{row.row}", "path": row.path, "width": width, "height": height,
             "aspect": aspect, "sentences": row.sentences,
             "tags": [None if t is None else [list(wp) for wp in t] for t in tags]}
-    writer.write(sources.encode_record(meta, data))
-    aspects.append(sources.aspect_code(aspect))
+    writer.write(arrayrecord_source.encode_record(meta, data))
+    aspects.append(records.aspect_code(aspect))
   writer.close()
   os.replace(tmp, final)
   meta = {"file": name, "num_records": len(kept), "aspects": aspects, "report": dict(report),
@@ -172,7 +172,7 @@ def prepare(args) -> dict:
     raise SystemExit("error: --shard_size must be >= 1")
   os.makedirs(args.out, exist_ok=True)
   try:
-    rows, csv_report = sources.read_reference_csv(
+    rows, csv_report = csv_source.read_reference_csv(
         args.csv, split_fn=_split_fn() if args.split_long_captions else None)
   except FileNotFoundError as e:
     raise SystemExit(f"error: {e}") from None
@@ -221,14 +221,14 @@ def _finish(out: str, plan: dict, num_shards: int) -> dict:
     skipped.update(meta["report"])
     num_resized += meta.get("num_resized", 0)
   aspects = np.asarray(aspects, np.uint8)
-  np.save(os.path.join(out, sources.ASPECTS_FILENAME), aspects)
+  np.save(os.path.join(out, arrayrecord_source.ASPECTS_FILENAME), aspects)
   report = {"rows_read": plan["num_rows"] + sum(plan["csv_report"].values()),
             "records_written": int(len(aspects)), "num_shards": num_shards,
             "aspect_counts": {name: int((aspects == i).sum())
                               for i, name in enumerate(images.ASPECT_CLASSES)},
             "images_resized": num_resized, "skipped": dict(sorted(skipped.items()))}
   index = {"num_records": int(len(aspects)), "shards": shards, "report": report["skipped"]}
-  for name, content in ((REPORT_FILENAME, report), (sources.INDEX_FILENAME, index)):
+  for name, content in ((REPORT_FILENAME, report), (arrayrecord_source.INDEX_FILENAME, index)):
     path = os.path.join(out, name)
     with open(path + ".tmp", "w") as f:
       json.dump(content, f, indent=1)

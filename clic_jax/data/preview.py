@@ -24,6 +24,7 @@ import textwrap
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from clic_jax import modes
 from clic_jax.data import pipeline, sources
 from clic_jax.data import stats as stats_lib
 
@@ -95,9 +96,10 @@ def parse_args(argv=None):
   parser.add_argument("--image_root", default=None, help="directory relative CSV paths start in")
   parser.add_argument("--out", required=True, help="output directory")
   parser.add_argument("--num", type=int, default=16, help="number of samples")
-  parser.add_argument("--seed", type=int, default=None, help="default 0 (or the config's)")
-  parser.add_argument("--image_size", type=int, default=None, help="default 224 (or the model's)")
-  parser.add_argument("--num_extra_positives", type=int, default=None, help="default 2")
+  parser.add_argument("--seed", type=int, default=None, help="default: the config's")
+  parser.add_argument("--image_size", type=int, default=None, help="default: the config model's")
+  parser.add_argument("--num_extra_positives", type=int, default=None,
+                      help="default: the config's")
   parser.add_argument("--pos_backend", default=None, choices=("auto", "spacy", "lexicon"))
   args = parser.parse_args(argv)
   _fill_from_config(args)
@@ -108,28 +110,33 @@ def parse_args(argv=None):
 
 
 def _fill_from_config(args) -> None:
-  """Defaults from a training config file, for the fields the command line left unset."""
-  defaults = {"seed": 0, "image_size": 224, "num_extra_positives": 2, "pos_backend": "auto"}
+  """The fields the command line left unset, from a training config file (default_config()
+  without one, where every default is written)."""
+  from clic_jax.models import get_model_config
+  from clic_jax.train.config import default_config
+  config = default_config()
   if args.config:
     import importlib.util
-    from clic_jax.models import get_model_config
     spec = importlib.util.spec_from_file_location("preview_config", args.config)
     if spec is None or not os.path.isfile(args.config):
       raise SystemExit(f"error: --config={args.config!r} is not a config file")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
-    data = config.data
-    if not (args.csv or args.arrayrecord_dir or args.tfds_builder_dir):
-      args.csv = data.get("csv") or None
-      args.arrayrecord_dir = None if args.csv else (data.get("arrayrecord_dir") or None)
-      args.image_root = args.image_root or data.get("image_root") or None
-    defaults.update(seed=config.seed, num_extra_positives=data.num_extra_positives,
-                    pos_backend=data.get("pos_backend", "auto"),
-                    image_size=get_model_config(config.model.name).vision.image_size)
+  data = config.data
+  if not (args.csv or args.arrayrecord_dir or args.tfds_builder_dir):
+    args.csv = data.csv or None
+    args.arrayrecord_dir = None if args.csv else (data.arrayrecord_dir or None)
+    args.image_root = args.image_root or data.image_root or None
+  defaults = dict(seed=config.seed, num_extra_positives=data.num_extra_positives,
+                  pos_backend=data.pos_backend,
+                  image_size=get_model_config(config.model.name).vision.image_size)
   for key, value in defaults.items():
     if getattr(args, key) is None:
       setattr(args, key, value)
+  # Not on the command line: as the config trains.
+  args.concat_image_norm, args.context_length = data.concat_image_norm, data.context_length
+  args.image_dtype = data.image_dtype
 
 
 def main(argv=None) -> int:
@@ -137,14 +144,16 @@ def main(argv=None) -> int:
   if args.num < 1:
     print("error: --num must be >= 1", file=sys.stderr)
     return 2
-  spec = sources.SourceSpec(csv=args.csv, image_root=args.image_root,
-                            arrayrecord_dir=args.arrayrecord_dir,
-                            tfds_builder_dir=args.tfds_builder_dir)
-  config = pipeline.PipelineConfig(
-      source=spec, global_batch_size=1, image_size=args.image_size, seed=args.seed,
-      num_extra_positives=args.num_extra_positives, step_pattern=("clic",),
-      pos_backend=args.pos_backend)
   try:
+    spec = sources.SourceSpec(csv=args.csv, image_root=args.image_root,
+                              arrayrecord_dir=args.arrayrecord_dir,
+                              tfds_builder_dir=args.tfds_builder_dir)
+    config = pipeline.PipelineConfig(
+        source=spec, global_batch_size=1, image_size=args.image_size,
+        num_extra_positives=args.num_extra_positives, step_pattern=(modes.HARD_STEP,),
+        mode="clic", seed=args.seed, concat_image_norm=args.concat_image_norm,
+        image_dtype=args.image_dtype, context_length=args.context_length,
+        pos_backend=args.pos_backend)
     samples, source = build_samples(config, args.num)
   except (pipeline.DataError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Optimizer, learning-rate schedule, parameter freezing and the CLIC/CLIP step pattern.
+"""Optimizer, learning-rate schedule and parameter freezing.
 
 What the reference does and what we keep (docs/method.md, "Training"):
 - AdamW with torch semantics: p <- p - lr * (m_hat / (sqrt(v_hat) + eps) + wd * p), betas (0.9, 0.98),
@@ -29,7 +29,6 @@ import optax
 # Substrings that exempt a parameter from weight decay, as in the reference's AdamW groups.
 NO_DECAY_SUBSTRINGS = ("bias", "ln", "bn")
 LOGIT_SCALE_PATH = "logit_scale"
-CLIC_STEP, CLIP_STEP = "clic", "clip"
 
 
 def _is_int(value) -> bool:
@@ -38,6 +37,23 @@ def _is_int(value) -> bool:
 
 # ---------------------------------------------------------------------------------------------------
 # Learning-rate schedule.
+
+
+def check_hyperparameters(*, lr: float, lr_start: float, lr_end: float, warmup_fraction: float,
+                          weight_decay: float = 0.0, grad_accum_steps: int = 1,
+                          clip_grad_norm: float | None = None) -> None:
+  """ValueError for a value the schedule or the optimizer cannot use (also the run spec's check)."""
+  if not 0.0 <= warmup_fraction <= 1.0:
+    raise ValueError(f"lr_schedule: warmup_fraction must be in [0, 1], got {warmup_fraction!r}.")
+  for name, value in (("lr", lr), ("lr_start", lr_start), ("lr_end", lr_end)):
+    if not (math.isfinite(value) and value >= 0):
+      raise ValueError(f"lr_schedule: {name} must be a finite number >= 0, got {value!r}.")
+  if not _is_int(grad_accum_steps) or grad_accum_steps < 1:
+    raise ValueError(f"grad_accum_steps must be an integer >= 1, got {grad_accum_steps!r}.")
+  if clip_grad_norm is not None and not clip_grad_norm > 0:
+    raise ValueError(f"clip_grad_norm must be > 0 or None, got {clip_grad_norm!r}.")
+  if not weight_decay >= 0:
+    raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}.")
 
 
 def lr_schedule(total_steps: int, lr: float, lr_start: float, lr_end: float,
@@ -57,11 +73,7 @@ def lr_schedule(total_steps: int, lr: float, lr_start: float, lr_end: float,
   """
   if not _is_int(total_steps) or total_steps < 1:
     raise ValueError(f"lr_schedule: total_steps must be an integer >= 1, got {total_steps!r}.")
-  if not 0.0 <= warmup_fraction <= 1.0:
-    raise ValueError(f"lr_schedule: warmup_fraction must be in [0, 1], got {warmup_fraction!r}.")
-  for name, value in (("lr", lr), ("lr_start", lr_start), ("lr_end", lr_end)):
-    if not (math.isfinite(value) and value >= 0):
-      raise ValueError(f"lr_schedule: {name} must be a finite number >= 0, got {value!r}.")
+  check_hyperparameters(lr=lr, lr_start=lr_start, lr_end=lr_end, warmup_fraction=warmup_fraction)
   total_steps = int(total_steps)
   warmup = int(warmup_fraction * total_steps)  # int() like the reference, not round()
   cosine = total_steps - warmup
@@ -219,12 +231,9 @@ def make_optimizer(params, *, total_steps: int, lr: float, lr_start: float, lr_e
   schedule) on every k-th call, returning zero updates in between. `clip_grad_norm` (None = off,
   like the reference) clips the (accumulated) gradient's global norm before AdamW.
   """
-  if not _is_int(grad_accum_steps) or grad_accum_steps < 1:
-    raise ValueError(f"grad_accum_steps must be an integer >= 1, got {grad_accum_steps!r}.")
-  if clip_grad_norm is not None and not clip_grad_norm > 0:
-    raise ValueError(f"clip_grad_norm must be > 0 or None, got {clip_grad_norm!r}.")
-  if not weight_decay >= 0:
-    raise ValueError(f"weight_decay must be >= 0, got {weight_decay!r}.")
+  check_hyperparameters(lr=lr, lr_start=lr_start, lr_end=lr_end, warmup_fraction=warmup_fraction,
+                        weight_decay=weight_decay, grad_accum_steps=grad_accum_steps,
+                        clip_grad_norm=clip_grad_norm)
   patterns = _compile_patterns(freeze)
   mask = trainable_mask(params, freeze)
   if not any(jax.tree_util.tree_leaves(mask)):
@@ -260,35 +269,6 @@ def clamp_logit_scale(params, max_value: float = math.log(100.0)):
     return leaf
 
   return jax.tree_util.tree_map_with_path(clamp, params)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Which step is a CLIC step and which a plain CLIP step.
-
-
-def step_pattern(hard_negative_freq: float, *, alternate_with_clip: bool = True) -> tuple[str, ...]:
-  """The repeating pattern of step kinds ("clic" / "clip") of the reference.
-
-  See docs/method.md, "Alternating steps".
-
-    f == 1  -> ("clic", "clip")
-    f > 1   -> ("clip",) + ("clic",) * int(f)
-    f < 1   -> ("clic",) + ("clip",) * int(1 / f)
-  `alternate_with_clip=False` gives ("clic",): every step is a hard-negative step, as in the NegCLIP
-  variant. The single-image baseline alternates like the main run (docs/method.md, "Training
-  variants").
-  """
-  if not alternate_with_clip:
-    return (CLIC_STEP,)
-  if isinstance(hard_negative_freq, bool) or not isinstance(hard_negative_freq, (int, float)) \
-      or not math.isfinite(hard_negative_freq) or hard_negative_freq <= 0:
-    raise ValueError(f"hard_negative_freq must be a finite number > 0 (1 alternates CLIC and CLIP "
-                     f"steps), got {hard_negative_freq!r}.")
-  if hard_negative_freq == 1:
-    return (CLIC_STEP, CLIP_STEP)
-  if hard_negative_freq > 1:
-    return (CLIP_STEP,) + (CLIC_STEP,) * int(hard_negative_freq)
-  return (CLIC_STEP,) + (CLIP_STEP,) * int(1.0 / hard_negative_freq)
 
 
 def count_params(tree: Any) -> int:

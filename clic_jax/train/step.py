@@ -1,4 +1,4 @@
-"""Train state and the jitted update step (one function per step kind: clic, clip, negclip).
+"""Train state and the jitted update step (one function per step kind of modes.STEP_KINDS).
 
 A batch goes: texts (B, K, L) -> one batched encode_text call over all K*B captions (K = P
 positives + 1 negative for CLIC, 1 for CLIP) -> L2-normalize -> loss over the global batch (the
@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from clic_jax import losses
+from clic_jax import losses, modes
 from clic_jax.train import optimizer as opt_lib
 
 
@@ -33,95 +33,58 @@ class TrainState:
     return opt_lib.merge(self.trainable, self.frozen)
 
 
-@dataclasses.dataclass(frozen=True)
-class LossWeights:
-  """The loss options of a step (losses.clic_loss's arguments; the trainer maps config.loss here).
-
-  sneg_sets: the separate 2-way hard-negative term averages over the first k positive sets (2: the
-    minimal pairs p1, p2), None over all of them (the paper's form). CLIC steps only.
-  mask_invalid_negatives: use batch["negative_valid"] (when the batch has it) to leave out the
-    negatives the pipeline could not make unlike every positive (clic and negclip steps).
-  """
-  cont: float = 0.5
-  sneg: float = 0.5
-  uni: float = 1.0
-  separate_negatives: bool = True
-  sneg_sets: int | None = None
-  mask_invalid_negatives: bool = True
-
-
 def create_state(params, tx: optax.GradientTransformation, freeze) -> TrainState:
   trainable, frozen = opt_lib.split_trainable(params, opt_lib.trainable_mask(params, freeze))
   return TrainState(step=jnp.zeros((), jnp.int32), trainable=trainable, frozen=frozen,
                     opt_state=tx.init(trainable))
 
 
-def _embed(model, params, batch, separate_text_calls: bool = False):
+def _embed(model, params, batch):
   """Normalized image (B, D) and text (K, B, D) embeddings.
 
-  The K caption sets go through the text tower as one batched call of K*B sequences (the fastest
-  on GPU and, with the CPU's scanned layers, on CPU too), or with `separate_text_calls` as K calls
-  of B (kept as an option; benchmarks/RESULTS.md has both measured).
+  The K caption sets go through the text tower as one batched call of K*B sequences: the fastest
+  on GPU and, with the CPU's scanned layers, on CPU too (benchmarks/RESULTS.md measures it against
+  one call per set, benchmarks/text_calls.py).
   """
   texts = batch["texts"]
   b, k, length = texts.shape
   img = model.apply({"params": params}, batch["images"], method="encode_image")
-  if separate_text_calls:
-    txt = jnp.stack([model.apply({"params": params}, texts[:, i], method="encode_text")
-                     for i in range(k)])
-  else:
-    flat = jnp.swapaxes(texts, 0, 1).reshape(k * b, length)  # [p1 block | p2 block | ... | neg]
-    txt = model.apply({"params": params}, flat, method="encode_text").reshape(k, b, -1)
+  flat = jnp.swapaxes(texts, 0, 1).reshape(k * b, length)  # [p1 block | p2 block | ... | neg]
+  txt = model.apply({"params": params}, flat, method="encode_text").reshape(k, b, -1)
   img = losses.l2_normalize(img.astype(jnp.float32))
   txt = losses.l2_normalize(txt.astype(jnp.float32))
   return img, txt
 
 
-def loss_for_kind(kind: str, weights: LossWeights) -> Callable:
-  """(image (B,D), texts (K,B,D), scale, neg_valid (B,) or None) -> (loss, metrics) for a step kind.
-
-  neg_valid is ignored by CLIP steps (they have no negatives).
-  """
-  if kind == "clip":
-    return lambda img, txt, scale, neg_valid=None: losses.clip_loss(img, txt[0], scale)
-  if kind == "clic":
-    return lambda img, txt, scale, neg_valid=None: losses.clic_loss(
-        img, txt[:-1], txt[-1], scale, cont=weights.cont, sneg=weights.sneg, uni=weights.uni,
-        separate_negatives=weights.separate_negatives, neg_valid=neg_valid,
-        sneg_sets=weights.sneg_sets)
-  # NegCLIP: one positive, negatives inside the contrastive softmax
-  # (docs/method.md, "Unified variant")
-  if kind == "negclip":
-    return lambda img, txt, scale, neg_valid=None: losses.clic_loss(
-        img, txt[:1], txt[1], scale, cont=1.0, sneg=0.0, uni=0.0, separate_negatives=False,
-        neg_valid=neg_valid)
-  raise ValueError(f"unknown step kind {kind!r}")
-
-
-def make_train_step(model, tx: optax.GradientTransformation, kind: str, weights: LossWeights,
-                    clamp_logit_scale: bool = True, schedule: Callable | None = None,
-                    image_norm: tuple[Any, Any] | None = None,
-                    separate_text_calls: bool = False):
+def make_train_step(model, tx: optax.GradientTransformation, kind: str | modes.StepKind,
+                    loss_options, clamp_logit_scale: bool = True,
+                    schedule: Callable | None = None,
+                    image_norm: tuple[Any, Any] | None = None):
   """The pure update function (state, batch) -> (state, metrics) for one step kind.
 
+  `kind` is a row of modes.STEP_KINDS (or its name): its loss, with the kind's fixed options
+  applied over `loss_options` (the run spec's config.LossSpec).
   `image_norm` = (scale, offset) per channel normalizes uint8 images on the device (the pipeline
   then ships 4x fewer bytes and skips the float conversion); None expects normalized floats.
   A step whose loss or gradient is not finite leaves the state unchanged and reports
   `nonfinite=1`; the loop then stops the run, so no checkpoint ever holds NaNs.
-  A batch may carry "negative_valid" (B,) (bool, or numbers with nonzero = valid); clic and
-  negclip steps mask the invalid negatives with it unless weights.mask_invalid_negatives is False.
+  A batch of a kind with negatives may carry "negative_valid" (B,) (bool, or numbers with
+  nonzero = valid); the invalid negatives are masked unless loss_options.mask_invalid_negatives
+  is False.
   """
-  compute_loss = loss_for_kind(kind, weights)
-  use_mask = weights.mask_invalid_negatives and kind in ("clic", "negclip")
+  kind = modes.step_kind(kind)
+  options = dataclasses.replace(loss_options, **kind.fixed)
+  use_mask = kind.has_negative and options.mask_invalid_negatives
 
   def loss_fn(trainable, frozen, batch):
     params = opt_lib.merge(trainable, frozen)
     if image_norm is not None:
       scale, offset = (jnp.asarray(v, jnp.float32) for v in image_norm)
       batch = dict(batch, images=batch["images"].astype(jnp.float32) * scale + offset)
-    img, txt = _embed(model, params, batch, separate_text_calls)
+    img, txt = _embed(model, params, batch)
     neg_valid = batch.get("negative_valid") if use_mask else None
-    return compute_loss(img, txt, jnp.exp(params["logit_scale"].astype(jnp.float32)), neg_valid)
+    return kind.loss(img, txt, jnp.exp(params["logit_scale"].astype(jnp.float32)), neg_valid,
+                     options)
 
   def step(state: TrainState, batch):
     (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(
