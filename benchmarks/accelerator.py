@@ -120,8 +120,8 @@ def bench_one(model: str, batch: int, *, kind: str = "clic", remat: bool = False
   host = make_batch(cfg, global_batch, kind, seed)
   host["images"] = np.random.default_rng(seed).integers(0, 256, host["images"].shape, np.uint8)
   device_batch = mesh_lib.global_batch(mesh, host)
-  model = SeparateTextCalls(module, texts_per_image(kind)) if text_calls == "separate" else module
-  step_fn = step_lib.make_train_step(model, tx, kind, loss_spec(),
+  encoder = SeparateTextCalls(module, texts_per_image(kind)) if text_calls == "separate" else module
+  step_fn = step_lib.make_train_step(encoder, tx, kind, loss_spec(),
                                      image_norm=normalization_constants("clip"))
   step = jax.jit(step_fn,
                  in_shardings=(state_sharding, mesh_lib.batch_sharding(mesh)),
