@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -56,21 +56,31 @@ def valid_record(record: Any, fields: tuple[str, ...], where: str, skips: SkipCo
   return True
 
 
-def load(data_dir: str, coco_dir: str, skips: SkipCounter) -> dict[str, list[dict[str, str]]]:
-  """{category: [{"image": path, "caption": ..., "negative_caption": ...}]} for files present."""
-  examples: dict[str, list[dict[str, str]]] = {}
-  for category in CATEGORIES:
-    path = category_file(data_dir, category)
+def category_files(data_dir: str, categories: tuple[str, ...],
+                   locate: Callable[[str, str], str | None], container: type, expected: str,
+                   benchmark: str, skips: SkipCounter) -> Iterator[tuple[str, str, Any]]:
+  """(category, path, parsed JSON) of each category file that exists, parses and holds a
+  `container`; a missing or malformed file is counted in skips (or raised, by its policy)."""
+  for category in categories:
+    path = locate(data_dir, category)
     if path is None:
       skips.skip("missing_file", f"{os.path.join(data_dir, category + '.json')} does not exist")
       continue
-    data = read_json(path, "sugarcrepe", skips)
+    data = read_json(path, benchmark, skips)
     if data is None:
       continue
-    if not isinstance(data, dict):
-      skips.skip("malformed_file", f"{path} holds a {type(data).__name__}, expected an object "
-                 "{id: {filename, caption, negative_caption}}")
+    if not isinstance(data, container):
+      skips.skip("malformed_file", f"{path} holds a {type(data).__name__}, expected {expected}")
       continue
+    yield category, path, data
+
+
+def load(data_dir: str, coco_dir: str, skips: SkipCounter) -> dict[str, list[dict[str, str]]]:
+  """{category: [{"image": path, "caption": ..., "negative_caption": ...}]} for files present."""
+  examples: dict[str, list[dict[str, str]]] = {}
+  for category, path, data in category_files(
+      data_dir, CATEGORIES, category_file, dict,
+      "an object {id: {filename, caption, negative_caption}}", "sugarcrepe", skips):
     rows = []
     for key, record in data.items():
       if valid_record(record, FIELDS, f"{path} id {key}", skips):

@@ -16,26 +16,22 @@ import numpy as np
 
 from clic_jax.evaluate.embed import (Embedder, EvalDataError, SkipCounter, embed_unique_files,
                                      embed_unique_texts)
-from clic_jax.evaluate.sugarcrepe import read_json, valid_record
+from clic_jax.evaluate.sugarcrepe import category_files, valid_record
 
 CATEGORIES = ("replace_obj", "replace_att", "replace_rel", "swap_obj", "swap_att")
 FIELDS = ("filename", "caption", "caption2", "negative_caption")
 
 
+def _category_file(data_dir: str, category: str) -> str | None:
+  path = os.path.join(data_dir, f"{category}.json")
+  return path if os.path.isfile(path) else None
+
+
 def load(data_dir: str, skips: SkipCounter) -> dict[str, list[dict[str, str]]]:
   examples: dict[str, list[dict[str, str]]] = {}
-  for category in CATEGORIES:
-    path = os.path.join(data_dir, f"{category}.json")
-    if not os.path.isfile(path):
-      skips.skip("missing_file", f"{path} does not exist")
-      continue
-    data = read_json(path, "sugarcrepe_pp", skips)
-    if data is None:
-      continue
-    if not isinstance(data, list):
-      skips.skip("malformed_file", f"{path} holds a {type(data).__name__}, expected a list of "
-                 "{id, filename, caption, caption2, negative_caption}")
-      continue
+  for category, path, data in category_files(
+      data_dir, CATEGORIES, _category_file, list,
+      "a list of {id, filename, caption, caption2, negative_caption}", "sugarcrepe_pp", skips):
     examples[category] = [
         {field: record[field] for field in FIELDS} for i, record in enumerate(data)
         if valid_record(record, FIELDS, f"{path} entry {i}", skips)]
