@@ -70,19 +70,26 @@ def make_batch(cfg, batch_size: int, kind: str, seed: int = 0) -> dict:
   k = texts_per_image(kind)
   texts = np.zeros((batch_size, k, length), np.int32)
   lengths = rng.integers(6, min(40, length - 1), size=(batch_size, k))
+  # Ids inside the model's vocabulary (CLIPA's WordPiece has 32000: CLIP's ids would be NaN).
+  vocab = cfg.text.vocab_size
+  sot, eot, top = (SOT, EOT, 49000) if vocab > EOT else (vocab - 2, vocab - 1, vocab - 2)
   for b in range(batch_size):
     for j in range(k):
       n = lengths[b, j]
-      texts[b, j, 0] = SOT
-      texts[b, j, 1:n] = rng.integers(1, 49000, size=n - 1)
-      texts[b, j, n] = EOT
+      texts[b, j, 0] = sot
+      texts[b, j, 1:n] = rng.integers(1, top, size=n - 1)
+      texts[b, j, n] = eot
   return {"images": images, "texts": texts}
 
 
-def trainer_rows(texts: np.ndarray) -> np.ndarray:
-  """The token rows as clic_jax's trainer feeds them to the step (default text_length_buckets)."""
+def trainer_rows(texts: np.ndarray, cfg=None) -> np.ndarray:
+  """The token rows as clic_jax's trainer feeds them to the step (default text_length_buckets;
+  full length for a tower whose rows are not trimmable, such as CLIPA's)."""
   from clic_jax.data.pipeline import text_length_for
+  from clic_jax.models import rows_trimmable
   from clic_jax.train import config
+  if cfg is not None and not rows_trimmable(cfg):
+    return texts
   buckets = config.parse_text_length_buckets(config.default_config().data.text_length_buckets)
   return np.ascontiguousarray(texts[..., :text_length_for(texts, buckets)])
 
@@ -321,7 +328,7 @@ def _run(model, batch_sizes, kinds, warmup, repeats, ablations, seed, verbose, s
   for kind in kinds:
     for batch_size in batch_sizes:
       host = make_batch(cfg, batch_size, kind, seed)
-      trimmed = trainer_rows(host["texts"])
+      trimmed = trainer_rows(host["texts"], cfg)
       device = {"trainer": jax.device_put(dict(host, texts=trimmed)),
                 "full": jax.device_put(host)}
       images_t = torch.from_numpy(np.ascontiguousarray(host["images"].transpose(0, 3, 1, 2)))

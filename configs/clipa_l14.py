@@ -6,8 +6,10 @@ of configs/b32.py, remat, FSDP over 8 devices) with CLIPA's weights and its rows
 
 CLIPA's text tower is bidirectional and pools the row's last position, with bert-base-uncased
 WordPiece tokens (clic_jax.get_tokenizer("ViT-L-14-CLIPA")): every padding position reaches the
-embedding, so rows are never cut short (data.text_length_buckets=""). On fewer than 8 devices:
---config.mesh.fsdp=1.
+embedding, so rows are never cut short (data.text_length_buckets="", which the run spec also
+enforces). Its images are normalized with ImageNet's mean/std (models.image_normalization): the
+single images always, the concatenated ones too (data.concat_image_norm="imagenet"). On fewer than
+8 devices: --config.mesh.fsdp=1.
 """
 from configs import l14
 
@@ -18,4 +20,5 @@ def get_config():
   c.init_from = "hf-hub:UCSC-VLAA/ViT-L-14-CLIPA-datacomp1B"
   c.data.context_length = 32
   c.data.text_length_buckets = ""
+  c.data.concat_image_norm = "imagenet"
   return c

@@ -76,6 +76,7 @@ class PipelineConfig:
   prefetch_batches: int | None = None  # batches read ahead (default 2)
   mp_workers: int = 0               # >0: grain mp_prefetch worker processes
   max_resample_tries: int = 100
+  single_image_norm: str = "clip"   # the model's own (models.image_normalization): CLIPA "imagenet"
 
   def __post_init__(self):
     modes.mode(self.mode).pattern(self.step_pattern)   # fails early on an unknown mode or kind
@@ -94,6 +95,7 @@ class PipelineConfig:
     if self.image_dtype not in ("float32", "uint8"):
       raise ValueError(f"image_dtype must be 'float32' or 'uint8', got {self.image_dtype!r}")
     images.normalization_constants(self.concat_image_norm)  # fails early on an unknown name
+    images.normalization_constants(self.single_image_norm)
 
   @property
   def host_batch_size(self) -> int:
@@ -293,7 +295,7 @@ class SampleBuilder:
       counts["text_truncated"] += truncated
     # The single image uses the model's own (CLIP) statistics (docs/method.md, "Single image");
     # the pair's are configurable (docs/method.md, "Concatenated image").
-    norm = "clip" if raw.layout == "single" else self.config.concat_image_norm
+    norm = self.config.single_image_norm if raw.layout == "single" else self.config.concat_image_norm
     sample = {"pixels": raw.pixels, "norm": norm, "texts": tokens, "stats": dict(counts),
               "kind": raw.kind, "normalize": self.config.image_dtype == "float32"}
     if raw.negative_valid is not None:

@@ -32,13 +32,16 @@ TILE_TEXT_LINES = 14
 COLUMNS = 4
 
 
-def build_samples(config: pipeline.PipelineConfig, num: int, source=None):
-  """num CLIC samples (RawSample) from distinct records drawn with config.seed, plus the source."""
+def build_samples(config: pipeline.PipelineConfig, num: int, source=None, tokenize_fn=None):
+  """num CLIC samples (RawSample) from distinct records drawn with config.seed, plus the source.
+
+  tokenize_fn: the model's tokenizer, as the trainer passes it (RunSpec.tokenize_fn; None: CLIP
+  BPE); the negative check compares token rows, so it decides which samples exist."""
   if source is None:
     source = sources.open_source(config.source, num_threads=config.num_threads or 16)
   index = pipeline.PartnerIndex.from_aspects(source.aspects)
   pipeline.check_usable(source, index, config)
-  builder = pipeline.SampleBuilder(source, index, config)
+  builder = pipeline.SampleBuilder(source, index, config, tokenize_fn)
   order = np.random.default_rng(config.seed).permutation(index.usable)
   samples = []
   for n in range(num):
@@ -137,9 +140,12 @@ def _fill_from_config(args) -> None:
   # Not on the command line: as the config trains.
   args.concat_image_norm, args.context_length = data.concat_image_norm, data.context_length
   args.image_dtype = data.image_dtype
+  args.model_name = config.model.name
 
 
 def main(argv=None) -> int:
+  from clic_jax import model_tokenizer
+  from clic_jax.models import image_normalization
   args = parse_args(argv)
   if args.num < 1:
     print("error: --num must be >= 1", file=sys.stderr)
@@ -153,8 +159,11 @@ def main(argv=None) -> int:
         num_extra_positives=args.num_extra_positives, step_pattern=(modes.HARD_STEP,),
         mode="clic", seed=args.seed, concat_image_norm=args.concat_image_norm,
         image_dtype=args.image_dtype, context_length=args.context_length,
-        pos_backend=args.pos_backend)
-    samples, source = build_samples(config, args.num)
+        pos_backend=args.pos_backend,
+        single_image_norm=image_normalization(args.model_name))
+    samples, source = build_samples(
+        config, args.num, tokenize_fn=model_tokenizer.tokenize_fn(args.model_name,
+                                                                  args.context_length))
   except (pipeline.DataError, FileNotFoundError, ValueError) as e:
     print(f"error: {e}", file=sys.stderr)
     return 1

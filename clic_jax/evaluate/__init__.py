@@ -32,8 +32,12 @@ _META_KEYS = ("num_examples", "num_images", "num_captions", "skipped")
 
 def evaluate(model, params, benchmarks: Mapping[str, Mapping[str, Any]], batch_size: int = 256,
              on_missing: str = "skip", tokenizer=None, embedder: Embedder | None = None,
-             on_error: str = "raise") -> dict[str, dict[str, Any]]:
+             on_error: str = "raise", preprocess: Mapping[str, Any] | None = None
+             ) -> dict[str, dict[str, Any]]:
   """Runs each named benchmark with its kwargs on one shared, jitted Embedder.
+
+  tokenizer / preprocess: the model's (clic_jax.get_tokenizer, interop.preprocess_config); None:
+  the tokenizer of model.cfg and OpenAI CLIP's image preprocessing.
 
   on_error="record" (what training uses): a benchmark that raises is logged with its traceback
   and its result is {"failed": 1}; the others still run.
@@ -42,7 +46,8 @@ def evaluate(model, params, benchmarks: Mapping[str, Mapping[str, Any]], batch_s
     raise ValueError(f"on_error must be 'raise' or 'record', got {on_error!r}")
   runners = {name: runner_for(name) for name in benchmarks}     # unknown names fail before work
   if embedder is None:
-    embedder = Embedder(model, params, batch_size=batch_size, tokenizer=tokenizer)
+    embedder = Embedder(model, params, batch_size=batch_size, tokenizer=tokenizer,
+                        preprocess=preprocess)
   results = {}
   for name, kwargs in benchmarks.items():
     kwargs = dict(kwargs)

@@ -99,7 +99,9 @@ class Embedder:
   """Embeds images and captions with a clic_jax CLIP on all local devices, in fixed-size batches."""
 
   def __init__(self, model, params, batch_size: int = 256, tokenizer=None, num_threads: int = 16,
-               devices: Sequence[jax.Device] | None = None):
+               devices: Sequence[jax.Device] | None = None, preprocess=None):
+    # preprocess: the model's open_clip preprocess_cfg (interop.preprocess_config(name)); None:
+    # OpenAI CLIP's mean/std and resizing.
     devices = tuple(devices or jax.local_devices())
     self.mesh, self._encode_image, self._encode_text = _jitted_encoders(model, devices)
     # Every batch is split evenly over the devices, so round the batch size up to a multiple.
@@ -110,6 +112,7 @@ class Embedder:
     self._model_cfg = model.cfg
     self.num_threads = num_threads
     self._tokenizer = tokenizer
+    self.preprocess = preprocess
     self._batch_sharding = NamedSharding(self.mesh, P("data"))
     self.set_params(params)
 
@@ -177,7 +180,7 @@ class Embedder:
       try:
         image = open_image(items[i])
         try:
-          return preprocess.preprocess_image(image, size)
+          return preprocess.preprocess_image(image, size, self.preprocess)
         finally:
           image.close()
       except FileNotFoundError:

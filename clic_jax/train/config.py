@@ -13,6 +13,7 @@ config field and what to do. Below the trainer nothing sees a ConfigDict.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -25,6 +26,8 @@ from clic_jax.data import images as images_lib
 from clic_jax.data import pipeline as pipeline_lib
 from clic_jax.data import sources as sources_lib
 from clic_jax.train import optimizer as opt_lib
+
+log = logging.getLogger("clic_jax.train")
 
 
 class ConfigError(ValueError):
@@ -53,6 +56,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.mode = "clic"
   c.data.num_extra_positives = 2    # p3, p4
   c.data.concat_image_norm = "clip"  # "imagenet" reproduces the reference's concatenated images
+                                    # (single images: always the model's, models.image_normalization)
   c.data.num_threads = 0            # grain reader threads; 0: one per CPU core, plus one
   c.data.prefetch_batches = 0       # batches read ahead; 0: the pipeline's default
   c.data.mp_workers = 0
@@ -60,7 +64,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.image_dtype = "uint8"      # ship uint8, normalize on device ("float32": on the host)
   c.data.context_length = 77        # shorter only for short captions: text cost scales with it
   c.data.text_length_buckets = "32,48,64"  # cut each batch's token rows to the shortest of these
-                                    # that holds its longest caption (exact; "" = always 77)
+                                    # that holds its longest caption (exact; "" = always 77).
+                                    # Off for towers where it is not exact (models.rows_trimmable:
+                                    # CLIPA, CLIPS), whose data.context_length must be the model's.
 
   c.global_batch_size = 800         # the reference: 4 GPUs x 200
   c.total_steps = 0                 # > 0 overrides num_epochs
@@ -440,6 +446,17 @@ class RunSpec:
       raise ConfigError(f"config.mesh.fsdp={self.fsdp} must divide the device count "
                         f"({jax.device_count()}).")
     self.loss.check_read_by(self.schedule.pattern, self.schedule.mode)
+    text = self.model.architecture.text
+    if (not models.rows_trimmable(self.model.architecture)
+        and self.data.context_length != text.context_length):
+      raise ConfigError(
+          f"data.context_length={self.data.context_length}: {self.model.name}'s text tower reads "
+          f"every position of its {text.context_length}-token rows (padding included), so its "
+          f"captions are tokenized to exactly that length; set data.context_length="
+          f"{text.context_length}.")
+    if self.data.context_length > text.context_length:
+      raise ConfigError(f"data.context_length={self.data.context_length} is longer than "
+                        f"{self.model.name}'s text tower ({text.context_length} positions).")
 
   def pipeline_config(self, image_size: int) -> pipeline_lib.PipelineConfig:
     """This host's share of the input (jax.process_index of jax.process_count)."""
@@ -452,13 +469,32 @@ class RunSpec:
         concat_image_norm=data.concat_image_norm, num_threads=data.num_threads or None,
         prefetch_batches=data.prefetch_batches or None, mp_workers=data.mp_workers,
         pos_backend=data.pos_backend, context_length=data.context_length,
-        image_dtype=data.image_dtype)
+        image_dtype=data.image_dtype,
+        single_image_norm=models.image_normalization(self.model.name))
+
+  def tokenize_fn(self):
+    """The model's own tokenizer (CLIP BPE, or CLIPA/CLIPS WordPiece) at data.context_length:
+    the pipeline's and the preview's TokenizeFn (picklable, for process workers)."""
+    from clic_jax import model_tokenizer
+    return model_tokenizer.tokenize_fn(self.model.name, self.data.context_length)
 
 
 def run_spec(config: ml_collections.ConfigDict) -> RunSpec:
   """The run spec of a config made by default_config() (and overridden); ConfigError if a value
   cannot work. Reads every field by name: defaults live in default_config() only."""
   c, data, optim = config, config.data, config.optim
+  buckets = parse_text_length_buckets(data.text_length_buckets)
+  if buckets and not _rows_trimmable(c.model.name):
+    # Cutting padding columns changes this tower's embedding (models.rows_trimmable): rows stay
+    # full length, whatever data.text_length_buckets says.
+    log.info("data.text_length_buckets=%r ignored: rows of %s are not trimmable exactly.",
+             data.text_length_buckets, c.model.name)
+    buckets = ()
+  if _known(c.model.name) and data.concat_image_norm != models.image_normalization(c.model.name):
+    # Single images always get the model's statistics; the concatenated ones get this option
+    # (configs/clipa_l14.py sets "imagenet", the model's own, for CLIPA and CLIPS).
+    log.warning("data.concat_image_norm=%r while %s normalizes its images with %r.",
+                data.concat_image_norm, c.model.name, models.image_normalization(c.model.name))
   return RunSpec(
       seed=c.seed,
       model=ModelSpec(name=c.model.name, dtype=c.model.dtype, remat=c.model.remat,
@@ -468,7 +504,7 @@ def run_spec(config: ml_collections.ConfigDict) -> RunSpec:
           num_extra_positives=data.num_extra_positives,
           concat_image_norm=data.concat_image_norm, image_dtype=data.image_dtype,
           context_length=data.context_length,
-          text_length_buckets=parse_text_length_buckets(data.text_length_buckets),
+          text_length_buckets=buckets,
           num_threads=data.num_threads, prefetch_batches=data.prefetch_batches,
           mp_workers=data.mp_workers, pos_backend=data.pos_backend),
       optim=OptimizerSpec(
@@ -491,6 +527,18 @@ def run_spec(config: ml_collections.ConfigDict) -> RunSpec:
           evals={name: dict(kwargs) for name, kwargs in c.evals.items()},
           export_open_clip=c.export_open_clip),
       fsdp=c.mesh.fsdp, debug_sigterm_at_step=c.debug_sigterm_at_step)
+
+
+def _known(name: str) -> bool:
+  try:
+    models.get_model_config(name)
+    return True
+  except models.UnknownModelError:      # ModelSpec reports it
+    return False
+
+
+def _rows_trimmable(name: str) -> bool:
+  return not _known(name) or models.rows_trimmable(models.get_model_config(name))
 
 
 def _source_spec(data: ml_collections.ConfigDict) -> sources_lib.SourceSpec:

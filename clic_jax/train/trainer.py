@@ -83,14 +83,16 @@ def summarize_window(kinds: list[str], fetched: list[dict]) -> dict[str, float]:
   return row
 
 
-def export_final(cfg: models.ClipConfig, params, workdir) -> str:
-  """WORKDIR/open_clip/ (open_clip's config + safetensors); for a remote workdir written in a local
-  temporary folder and copied up."""
-  from clic_jax.interop import export_open_clip
+def export_final(name: str | models.ClipConfig, params, workdir) -> str:
+  """WORKDIR/open_clip/ (open_clip's config + safetensors, with the model's own preprocess_cfg:
+  CLIPA's ImageNet mean/std, CLIP's otherwise); for a remote workdir written in a local temporary
+  folder and copied up."""
+  from clic_jax.interop import export_open_clip, preprocess_config
+  preprocess = preprocess_config(name) if isinstance(name, str) else None   # None: CLIP's
   if not remote_lib.is_remote(workdir):
-    return str(export_open_clip(cfg, params, Path(workdir) / "open_clip"))
+    return str(export_open_clip(name, params, Path(workdir) / "open_clip", preprocess=preprocess))
   with tempfile.TemporaryDirectory(prefix="clic_jax_export_") as local:
-    export_open_clip(cfg, params, Path(local) / "open_clip")
+    export_open_clip(name, params, Path(local) / "open_clip", preprocess=preprocess)
     remote_lib.upload_tree(Path(local), str(workdir))
   return remote_lib.join(str(workdir), "open_clip")
 
@@ -142,7 +144,7 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
     raise config_lib.ConfigError(f"config.data: {e}") from None
   micro = spec.optim.grad_accum_steps
   total_steps = schedule_spec.optimizer_updates(pipeline_lib.steps_per_epoch(pcfg, source), micro)
-  data_iter = pipeline_lib.make_train_iterator(pcfg, source=source)
+  data_iter = pipeline_lib.make_train_iterator(pcfg, source=source, tokenize_fn=spec.tokenize_fn())
   kinds = {kind.name: kind for kind in pcfg.pattern}
 
   # Model and optimizer.
@@ -254,7 +256,7 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
           log.info(metrics_lib.Progress.line(step, last_step, last))
 
       if report.evaluates_at(step):
-        writer.write(step, run_evals(report, cfg, state.params))
+        writer.write(step, run_evals(report, cfg, state.params, spec.model.name))
 
       preempted = preemption.requested or ckpt.reached_preemption(step)
       if spec.debug_sigterm_at_step and step == spec.debug_sigterm_at_step:
@@ -277,11 +279,12 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
   if not preempted and report.export_open_clip:
     params = mesh_lib.gather_to_host(state.params)     # a collective: every host takes part
     if is_primary:
-      summary["export"] = export_final(cfg, params, workdir)
+      summary["export"] = export_final(spec.model.name, params, workdir)
   return summary
 
 
-def run_evals(report: config_lib.ReportSpec, cfg: models.ClipConfig, params) -> dict[str, float]:
+def run_evals(report: config_lib.ReportSpec, cfg: models.ClipConfig, params,
+              name: str | None = None) -> dict[str, float]:
   """The configured benchmarks on the current params, in float32, as flat 'eval/...' metrics.
 
   Every host gathers the whole params and runs the whole evaluation on its own devices (no
@@ -290,9 +293,13 @@ def run_evals(report: config_lib.ReportSpec, cfg: models.ClipConfig, params) -> 
   shows as `eval/<name>/failed` = 1; the other benchmarks and the training go on.
   """
   from clic_jax import evaluate
+  from clic_jax.interop import preprocess_config
+  # The model's own image preprocessing (CLIPA: ImageNet mean/std, squashed); its tokenizer is
+  # the Embedder's default, clic_jax.get_tokenizer(cfg).
   results = evaluate.evaluate(models.build_model(cfg), mesh_lib.gather_to_host(params),
                               benchmarks={k: dict(v) for k, v in report.evals.items()},
-                              batch_size=report.eval_batch_size, on_error="record")
+                              batch_size=report.eval_batch_size, on_error="record",
+                              preprocess=preprocess_config(name) if name else None)
   flat = {}
 
   def walk(prefix, node):
