@@ -132,7 +132,7 @@ def test_export_and_evaluation_take_the_models_preprocessing(tmp_path):
 def test_evaluate_cli_tokenizes_a_local_dir_export_with_its_own_files(tiny_wordpiece, tmp_path):
   import clic_jax
   from clic_jax import models
-  from clic_jax.evaluate.__main__ import model_source
+  from clic_jax.evaluate import model_source
   params = models.init_params(models.build_model(tiny_wordpiece), 0)
   export = trainer.export_final(tiny_wordpiece, params, tmp_path)
   source = model_source(None, f"local-dir:{export}", None)

@@ -390,7 +390,7 @@ def test_real_evaluator_loaders_read_the_benchmark(world):
 
 
 def test_data_pipeline_reader_keeps_every_row_with_its_tags(world):
-  from clic_jax.data.sources import read_reference_csv
+  from clic_jax.data.csv_source import read_reference_csv
 
   rows, report = read_reference_csv(world["train_csv"])
   assert len(rows) == SMALL["num_train"] and not report, report

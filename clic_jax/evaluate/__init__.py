@@ -89,5 +89,17 @@ def format_table(results: Mapping[str, Mapping[str, Any]]) -> str:
   return "\n".join(lines)
 
 
+def model_source(workdir: str | None, open_clip: str | None, model: str | None) -> str:
+  """The name the model's tokenizer and image preprocessing are read from: the workdir's model
+  name, --open_clip's hf-hub:/local-dir: (their own tokenizer files and preprocess_cfg), else
+  --model (or the config's model name)."""
+  if workdir:
+    from clic_jax.train.checkpoint import read_model_info
+    return read_model_info(workdir)[0]
+  if open_clip.startswith(("hf-hub:", "local-dir:")):
+    return open_clip
+  return model
+
+
 __all__ = ["BENCHMARKS", "Embedder", "EvalDataError", "SkipCounter", "check_arguments", "evaluate",
-           "flatten_metrics", "format_table", "runner_for"]
+           "flatten_metrics", "format_table", "model_source", "runner_for"]

@@ -67,7 +67,7 @@ _ON_MISSING = flags.DEFINE_enum("on_missing", "skip", ["skip", "error"],
 
 
 def load_model():
-  """(model, params) from --workdir or --open_clip; see model_source for its name."""
+  """(model, params) from --workdir or --open_clip; see evaluate.model_source for its name."""
   if bool(_WORKDIR.value) == bool(_OPEN_CLIP.value):
     raise app.UsageError("Pass exactly one of --workdir or --open_clip.")
   if _WORKDIR.value:
@@ -87,18 +87,6 @@ def load_model():
     raise app.UsageError("--open_clip with a file or tag needs --model=NAME "
                          "(e.g. ViT-B-32-quickgelu).")
   return load_open_clip(model_name, source)
-
-
-def model_source(workdir: str | None, open_clip: str | None, model: str | None) -> str:
-  """The name the model's tokenizer and image preprocessing are read from: the workdir's model
-  name, --open_clip's hf-hub:/local-dir: (their own tokenizer files and preprocess_cfg), else
-  --model (or the config's model name)."""
-  if workdir:
-    from clic_jax.train.checkpoint import read_model_info
-    return read_model_info(workdir)[0]
-  if open_clip.startswith(("hf-hub:", "local-dir:")):
-    return open_clip
-  return model
 
 
 def _require(benchmark: str, **values) -> None:
@@ -167,7 +155,7 @@ def main(argv):
     raise app.UsageError("Nothing to evaluate: pass --benchmarks and their data flags.")
   # flag errors before the model loads
   kwargs = benchmark_kwargs(names) if names else {k: dict(v) for k, v in config_evals.items()}
-  from clic_jax.evaluate import EvalDataError, evaluate, format_table
+  from clic_jax.evaluate import EvalDataError, evaluate, format_table, model_source
   model, params = load_model()
   import clic_jax
   from clic_jax.interop import preprocess_config
