@@ -102,7 +102,7 @@ def bench_one(model: str, batch: int, *, kind: str = "clic", remat: bool = False
 
   freeze = ("^visual/",)
   module = build_model(model, dtype=jnp.dtype(dtype), remat=remat, attention_impl=attention_impl
-                       ).clone(pooled_last_block=pooled_last_block)
+                       ).running(pooled_last_block=pooled_last_block)
   mesh = mesh_lib.make_mesh(fsdp)
   devices = jax.device_count()
   global_batch = batch * devices

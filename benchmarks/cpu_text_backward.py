@@ -71,8 +71,8 @@ def _stack_grad(layers: int, scan: bool = False):
 
   from clic_jax.models import clip
   x = jax.random.normal(jax.random.key(0), (TOKENS // 77, 77, WIDTH))
-  module = clip.Transformer(WIDTH, layers, HEADS, HIDDEN / WIDTH, causal=True, quick_gelu=True,
-                            scan_layers=scan)
+  module = clip.Transformer(clip.Blocks(WIDTH, layers, HEADS, HIDDEN / WIDTH, causal=True,
+                                        quick_gelu=True), clip.Execution(scan_layers=scan))
   params = module.init(jax.random.key(1), x)
   grad = jax.jit(jax.grad(lambda p, x: jnp.sum(jnp.square(module.apply(p, x)))))
   return lambda: jax.block_until_ready(grad(params, x))

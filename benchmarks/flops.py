@@ -164,7 +164,7 @@ def xla_step_flops(model: str, batch_size: int, kind: str = "clic",
   from clic_jax.train.config import loss_spec
 
   # Unrolled blocks: XLA's cost analysis counts a loop body once, not once per iteration.
-  module = build_model(model, scan_layers=False).clone(pooled_last_block=pooled_last_block)
+  module = build_model(model, scan_layers=False).running(pooled_last_block=pooled_last_block)
   cfg = module.cfg
   images = jax.ShapeDtypeStruct((batch_size, cfg.vision.image_size, cfg.vision.image_size, 3),
                                 jnp.float32)

@@ -229,7 +229,7 @@ class JaxStep:
     from clic_jax.train import optimizer as opt_lib
     from clic_jax.train import step as step_lib
     from clic_jax.train.config import loss_spec
-    module = module.clone(**module_overrides) if module_overrides else module
+    module = module.running(**module_overrides) if module_overrides else module
     freeze = ("^visual/",) if freeze_vision else ()
     tx = opt_lib.make_optimizer(
         params, total_steps=1000, lr=OPTIM["lr"], lr_start=OPTIM["lr"], lr_end=OPTIM["lr"],

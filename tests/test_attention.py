@@ -42,7 +42,8 @@ def test_scanned_layers_equal_unrolled_layers():
   """The CPU default (blocks under lax.scan, parameters stacked at apply time) computes what the
   unrolled stack computes, forward and backward, from the same per-block parameters."""
   x = jax.random.normal(jax.random.key(0), (3, 9, 16))
-  scanned, unrolled = (clip.Transformer(16, 3, 2, 4.0, True, True, scan_layers=s)
+  blocks = clip.Blocks(width=16, layers=3, heads=2, mlp_ratio=4.0, causal=True, quick_gelu=True)
+  scanned, unrolled = (clip.Transformer(blocks, clip.Execution(scan_layers=s))
                        for s in (True, False))
   params = unrolled.init(jax.random.key(1), x)
   assert set(params["params"]) == {"resblocks_0", "resblocks_1", "resblocks_2"}
@@ -53,7 +54,7 @@ def test_scanned_layers_equal_unrolled_layers():
   want = jax.grad(loss(unrolled), argnums=(0, 1))(params, x)
   for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(g, w, atol=1e-5)
-  remat = clip.Transformer(16, 3, 2, 4.0, True, True, remat=True, scan_layers=True)
+  remat = clip.Transformer(blocks, clip.Execution(remat=True, scan_layers=True))
   np.testing.assert_allclose(jax.grad(loss(remat))(params, x)["params"]["resblocks_1"]["mlp"]
                              ["c_fc"]["kernel"],
                              want[0]["params"]["resblocks_1"]["mlp"]["c_fc"]["kernel"], atol=1e-5)
@@ -77,8 +78,8 @@ def test_pooled_last_block_equals_the_full_last_block(scan, remat):
   images = jax.random.normal(jax.random.key(0), (3, cfg.vision.image_size,
                                                  cfg.vision.image_size, 3))
   tokens = _tiny_tokens([3, 7, 11, 1], width=12)
-  pooled = clip.CLIP(cfg, scan_layers=scan, remat=remat)
-  full = clip.CLIP(cfg, scan_layers=scan, remat=remat, pooled_last_block=False)
+  pooled = clip.CLIP(cfg, clip.Execution(scan_layers=scan, remat=remat))
+  full = pooled.running(pooled_last_block=False)
   params = pooled.init(jax.random.key(1), images, tokens)
   assert jax.tree.structure(full.init(jax.random.key(1), images, tokens)) == \
       jax.tree.structure(params)

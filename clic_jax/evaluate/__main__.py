@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from typing import Callable
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -35,31 +36,27 @@ _MODEL = flags.DEFINE_string("model", None, "Architecture name for --open_clip, 
 _BENCHMARKS = flags.DEFINE_list(
     "benchmarks", [], "Comma list of: sugarcrepe, sugarcrepe_pp, winoground, zeroshot, "
     "classification, retrieval, binding. Default: all whose data flags are set.")
-_SUGARCREPE_DIR = flags.DEFINE_string("sugarcrepe_dir", None,
-                                      "Folder with SugarCrepe's add_obj.json ... swap_att.json.")
-_SUGARCREPE_PP_DIR = flags.DEFINE_string(
-    "sugarcrepe_pp_dir", None, "Folder with SugarCrepe++'s replace_obj.json ... swap_att.json.")
-_COCO_DIR = flags.DEFINE_string("coco_dir", None, "Folder holding the COCO val2017 images "
-                                "(SugarCrepe++ runs text-only without it).")
-_WINOGROUND_DIR = flags.DEFINE_string(
-    "winoground_dir", None, "Folder with Winoground's examples.jsonl and images/. Unset with "
-    "--benchmarks=winoground: the gated facebook/winoground files through huggingface_hub.")
-_IMAGENET_DIR = flags.DEFINE_string(
-    "imagenet_dir", None, "ImageNet: an image folder (val/ or class folders in sorted wnid "
-    "order) or a TFDS data_dir holding imagenet2012.")
+# The benchmarks' data locations: one string flag each (unset = None).
+_DATA_FLAGS = {
+    "sugarcrepe_dir": "Folder with SugarCrepe's add_obj.json ... swap_att.json.",
+    "sugarcrepe_pp_dir": "Folder with SugarCrepe++'s replace_obj.json ... swap_att.json.",
+    "coco_dir": "Folder holding the COCO val2017 images (SugarCrepe++ runs text-only without it).",
+    "winoground_dir": "Folder with Winoground's examples.jsonl and images/. Unset with "
+                      "--benchmarks=winoground: the gated facebook/winoground files through "
+                      "huggingface_hub.",
+    "imagenet_dir": "ImageNet: an image folder (val/ or class folders in sorted wnid order) or a "
+                    "TFDS data_dir holding imagenet2012.",
+    "classification_dir": "Any class-per-subfolder dataset for 'classification'.",
+    "classnames_file": "Class names for --classification_dir (JSON list or one per line).",
+    "templates_file": "Prompt templates with {c} (JSON list or one per line); default: OpenAI's 80.",
+    "retrieval_json": "Karpathy test split JSON (coco_karpathy_test.json / flickr30k_test.json).",
+    "retrieval_image_root": "Folder the retrieval JSON's image paths are under.",
+}
+for _name, _help in _DATA_FLAGS.items():
+  flags.DEFINE_string(_name, None, _help)
 _IMAGENET_SPLIT = flags.DEFINE_string("imagenet_split", "validation", "TFDS split for ImageNet.")
 _MAX_EXAMPLES = flags.DEFINE_integer("zeroshot_max_examples", None, "Evaluate a random subset "
                                      "(NumPy seed 1) of this many classification images.")
-_CLASSIFICATION_DIR = flags.DEFINE_string("classification_dir", None,
-                                          "Any class-per-subfolder dataset for 'classification'.")
-_CLASSNAMES_FILE = flags.DEFINE_string("classnames_file", None, "Class names for "
-                                       "--classification_dir (JSON list or one per line).")
-_TEMPLATES_FILE = flags.DEFINE_string("templates_file", None, "Prompt templates with {c} "
-                                      "(JSON list or one per line); default: OpenAI's 80.")
-_RETRIEVAL_JSON = flags.DEFINE_string("retrieval_json", None, "Karpathy test split JSON "
-                                      "(coco_karpathy_test.json / flickr30k_test.json).")
-_RETRIEVAL_IMAGE_ROOT = flags.DEFINE_string("retrieval_image_root", None,
-                                            "Folder the retrieval JSON's image paths are under.")
 _BATCH_SIZE = flags.DEFINE_integer("batch_size", 256, "Global batch size (over all devices).")
 _OUT = flags.DEFINE_string("out", None, "Write the results as JSON to this file.")
 _ON_MISSING = flags.DEFINE_enum("on_missing", "skip", ["skip", "error"],
@@ -89,61 +86,58 @@ def load_model():
   return load_open_clip(model_name, source)
 
 
-def _require(benchmark: str, **values) -> None:
-  missing = [f"--{name}" for name, value in values.items() if not value]
-  if missing:
-    raise app.UsageError(f"Benchmark {benchmark} needs {', '.join(missing)}.")
+def _flag(name: str):
+  return flags.FLAGS[name].value
+
+
+def _retrieval_kwargs() -> dict:
+  annotations = _flag("retrieval_json")
+  root = _flag("retrieval_image_root") or os.path.dirname(os.path.abspath(annotations))
+  return {"annotation_file": annotations, "image_root": root}
+
+
+# Per benchmark: the data flags it needs, the flag whose presence selects it when --benchmarks is
+# not given (None: never selected by default), and its keyword arguments built from the flags.
+_BENCHMARK_FLAGS: dict[str, tuple[tuple[str, ...], str | None, Callable[[], dict]]] = {
+    "sugarcrepe": (("sugarcrepe_dir", "coco_dir"), "sugarcrepe_dir",
+                   lambda: {"data_dir": _flag("sugarcrepe_dir"), "coco_dir": _flag("coco_dir")}),
+    "sugarcrepe_pp": (("sugarcrepe_pp_dir",), "sugarcrepe_pp_dir",
+                      lambda: {"data_dir": _flag("sugarcrepe_pp_dir"),
+                               "coco_dir": _flag("coco_dir")}),
+    # Without --winoground_dir: the Hugging Face copy.
+    "winoground": ((), "winoground_dir", lambda: {"data_dir": _flag("winoground_dir")}),
+    "zeroshot": (("imagenet_dir",), "imagenet_dir",
+                 lambda: {"imagenet_dir": _flag("imagenet_dir"), "split": _IMAGENET_SPLIT.value,
+                          "max_examples": _MAX_EXAMPLES.value}),
+    "classification": (("classification_dir", "classnames_file"), "classification_dir",
+                       lambda: {"data_dir": _flag("classification_dir"),
+                                "classnames": _flag("classnames_file"),
+                                "templates": _flag("templates_file"),
+                                "max_examples": _MAX_EXAMPLES.value}),
+    "retrieval": (("retrieval_json",), "retrieval_json", _retrieval_kwargs),
+    "binding": ((), None, dict),                    # renders its own scenes; no data flags
+}
 
 
 def benchmark_kwargs(names: list[str]) -> dict[str, dict]:
   """Per-benchmark keyword arguments from the flags, with one clear error per missing flag."""
   out = {}
   for name in names:
-    if name == "sugarcrepe":
-      _require(name, sugarcrepe_dir=_SUGARCREPE_DIR.value, coco_dir=_COCO_DIR.value)
-      out[name] = {"data_dir": _SUGARCREPE_DIR.value, "coco_dir": _COCO_DIR.value}
-    elif name == "sugarcrepe_pp":
-      _require(name, sugarcrepe_pp_dir=_SUGARCREPE_PP_DIR.value)
-      out[name] = {"data_dir": _SUGARCREPE_PP_DIR.value, "coco_dir": _COCO_DIR.value}
-    elif name == "winoground":
-      out[name] = {"data_dir": _WINOGROUND_DIR.value}   # None: the Hugging Face copy
-    elif name == "zeroshot":
-      _require(name, imagenet_dir=_IMAGENET_DIR.value)
-      out[name] = {"imagenet_dir": _IMAGENET_DIR.value, "split": _IMAGENET_SPLIT.value,
-                   "max_examples": _MAX_EXAMPLES.value}
-    elif name == "classification":
-      _require(name, classification_dir=_CLASSIFICATION_DIR.value,
-               classnames_file=_CLASSNAMES_FILE.value)
-      out[name] = {"data_dir": _CLASSIFICATION_DIR.value, "classnames": _CLASSNAMES_FILE.value,
-                   "templates": _TEMPLATES_FILE.value, "max_examples": _MAX_EXAMPLES.value}
-    elif name == "retrieval":
-      _require(name, retrieval_json=_RETRIEVAL_JSON.value)
-      root = _RETRIEVAL_IMAGE_ROOT.value or os.path.dirname(os.path.abspath(_RETRIEVAL_JSON.value))
-      out[name] = {"annotation_file": _RETRIEVAL_JSON.value, "image_root": root}
-    elif name == "binding":
-      out[name] = {}                                     # renders its own scenes; no data flags
-    else:
+    if name not in _BENCHMARK_FLAGS:
       from clic_jax.evaluate.registry import BENCHMARKS
       raise app.UsageError(f"Unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}.")
+    required, _, kwargs = _BENCHMARK_FLAGS[name]
+    missing = [f"--{flag}" for flag in required if not _flag(flag)]
+    if missing:
+      raise app.UsageError(f"Benchmark {name} needs {', '.join(missing)}.")
+    out[name] = kwargs()
   return out
 
 
 def default_benchmarks() -> list[str]:
   """The benchmarks whose data flags are set."""
-  chosen = []
-  if _SUGARCREPE_DIR.value:
-    chosen.append("sugarcrepe")
-  if _SUGARCREPE_PP_DIR.value:
-    chosen.append("sugarcrepe_pp")
-  if _WINOGROUND_DIR.value:
-    chosen.append("winoground")
-  if _IMAGENET_DIR.value:
-    chosen.append("zeroshot")
-  if _CLASSIFICATION_DIR.value:
-    chosen.append("classification")
-  if _RETRIEVAL_JSON.value:
-    chosen.append("retrieval")
-  return chosen
+  return [name for name, (_, selector, _) in _BENCHMARK_FLAGS.items()
+          if selector and _flag(selector)]
 
 
 def main(argv):

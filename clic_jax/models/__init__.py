@@ -4,7 +4,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from clic_jax.models.clip import CLIP
+from clic_jax.models.clip import CLIP, Execution
 from clic_jax.models.families import model_class, name_table
 from clic_jax.models.open_clip_schema import (UnsupportedArchitectureError, config_from_open_clip,
                                               config_to_open_clip)
@@ -17,12 +17,12 @@ def build_model(name: str | ClipConfig, dtype=jnp.float32, remat: bool = False,
                 attention_impl: str | None = None, scan_layers: bool | None = None) -> CLIP:
   """The Flax module for an architecture name (see `known_models()`) or a ClipConfig.
 
-  scan_layers: None runs the transformer blocks under lax.scan on CPU and unrolled elsewhere;
-  the parameters are the same either way.
+  The keyword options say how it runs (models.clip.Execution); the parameters are the same
+  whatever they are.
   """
   cfg = get_model_config(name)
-  return model_class(cfg.family)(cfg, dtype=dtype, remat=remat, attention_impl=attention_impl,
-                                 scan_layers=scan_layers)
+  run = Execution(dtype=dtype, remat=remat, attention_impl=attention_impl, scan_layers=scan_layers)
+  return model_class(cfg.family)(cfg, run=run)
 
 
 def init_params(model: CLIP, seed: int = 0):
@@ -39,7 +39,7 @@ def create_model(name: str | ClipConfig, seed: int = 0, **model_kwargs):
   return model, init_params(model, seed)
 
 
-__all__ = ["CLIP", "ClipConfig", "TextConfig", "VisionConfig", "UnknownModelError", "build_model",
+__all__ = ["CLIP", "ClipConfig", "Execution", "TextConfig", "VisionConfig", "UnknownModelError", "build_model",
            "create_model", "init_params", "config_from_open_clip", "config_to_open_clip",
            "get_model_config", "image_normalization", "known_models", "model_class", "name_table",
            "rows_trimmable", "UnsupportedArchitectureError"]

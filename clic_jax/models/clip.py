@@ -4,11 +4,13 @@ Parameter names mirror open_clip's state-dict names (`visual/conv1`, `visual/tra
 resblocks_3/attn/in_proj`, `token_embedding`, `ln_final`, ...), so conversion to and from PyTorch is
 a short table in `clic_jax.interop`. Images are NHWC, normalized; tokens are int32 (N, L).
 
-Precision: parameters are float32; `dtype` is the compute dtype (bfloat16 on accelerators).
+Precision: parameters are float32; `Execution.dtype` is the compute dtype (bfloat16 on
+accelerators).
 LayerNorm, softmax and the final features are computed in float32, like open_clip's LayerNormFp32.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Callable
 
@@ -89,6 +91,43 @@ def _rows_at(x, index):
 CUDNN_SEQ_MULTIPLE = 8
 
 
+@dataclasses.dataclass(frozen=True)
+class Execution:
+  """How the transformer blocks run. None of it changes the parameters, and the outputs only up to
+  float rounding (bfloat16 aside), so one checkpoint serves every combination."""
+  dtype: Dtype = jnp.float32          # compute dtype; parameters stay float32
+  remat: bool = False                 # rematerialize each block in the backward pass
+  attention_impl: str | None = None   # None: XLA picks; "cudnn": flash attention on NVIDIA GPUs
+  # None: run the blocks under lax.scan on CPU, unrolled elsewhere. XLA:CPU fuses the elementwise
+  # residual-stream chain of an unrolled stack into every block's backward, recomputing it per
+  # block (quadratic in depth: a 12-block text backward 1.6x slower than under scan,
+  # benchmarks/RESULTS.md); a loop iteration is a fusion boundary. The parameters keep open_clip's
+  # per-block layout (resblocks_0, ...) either way: they are stacked for the scan at apply time.
+  scan_layers: bool | None = None
+  # With a query_index, run the last block for that position only (~7% fewer FLOPs in a 12-block
+  # tower); False runs it for every token and then picks the position, as open_clip does.
+  pooled_last_block: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class Blocks:
+  """What a stack of residual attention blocks is: the shapes and the functions that fix its
+  parameters and outputs (a tower config plus the two options the tower itself decides)."""
+  width: int
+  layers: int
+  heads: int
+  mlp_ratio: float
+  causal: bool
+  quick_gelu: bool
+  gelu_tanh: bool = False
+  norm_eps: float = 1e-5
+
+  @classmethod
+  def of(cls, tower: VisionConfig | TextConfig, causal: bool, quick_gelu: bool) -> "Blocks":
+    return cls(tower.width, tower.layers, tower.heads, tower.mlp_ratio, causal, quick_gelu,
+               tower.gelu_tanh, tower.norm_eps)
+
+
 class MultiHeadAttention(nn.Module):
   """torch.nn.MultiheadAttention with a fused input projection (q, k, v stacked in that order)."""
   width: int
@@ -156,62 +195,31 @@ class Mlp(nn.Module):
 
 
 class ResidualAttentionBlock(nn.Module):
-  width: int
-  heads: int
-  mlp_ratio: float
-  layers: int           # depth of the whole stack; sets the init scale like open_clip
-  causal: bool
-  quick_gelu: bool
-  dtype: Dtype = jnp.float32
-  attention_impl: str | None = None
-  gelu_tanh: bool = False
-  norm_eps: float = 1e-5
+  blocks: Blocks          # its `layers` (the depth of the whole stack) sets the init scale
+  run: Execution = Execution()
 
   @nn.compact
   def __call__(self, x, query_index=None):
     """x (B, T, W) -> (B, T, W); with `query_index` (B,) the output at those positions (B, 1, W)."""
-    attn_std = self.width ** -0.5
-    proj_std = attn_std * (2 * self.layers) ** -0.5
-    fc_std = (2 * self.width) ** -0.5
-    attn = MultiHeadAttention(self.width, self.heads, self.causal, attn_std, proj_std, self.dtype,
-                              self.attention_impl, name="attn")
-    mlp = Mlp(self.width, int(self.width * self.mlp_ratio), self.quick_gelu, fc_std, proj_std,
-              self.dtype, self.gelu_tanh, name="mlp")
-    attended = attn(LayerNorm(self.dtype, self.norm_eps, name="ln_1")(x), query_index)
+    c, dtype = self.blocks, self.run.dtype
+    attn_std = c.width ** -0.5
+    proj_std = attn_std * (2 * c.layers) ** -0.5
+    fc_std = (2 * c.width) ** -0.5
+    attn = MultiHeadAttention(c.width, c.heads, c.causal, attn_std, proj_std, dtype,
+                              self.run.attention_impl, name="attn")
+    mlp = Mlp(c.width, int(c.width * c.mlp_ratio), c.quick_gelu, fc_std, proj_std, dtype,
+              c.gelu_tanh, name="mlp")
+    attended = attn(LayerNorm(dtype, c.norm_eps, name="ln_1")(x), query_index)
     if query_index is not None:            # one query per sequence: keep its residual row only
       x = _rows_at(x, query_index)
     x = x + attended
-    x = x + mlp(LayerNorm(self.dtype, self.norm_eps, name="ln_2")(x))
+    x = x + mlp(LayerNorm(dtype, c.norm_eps, name="ln_2")(x))
     return x
 
 
 class Transformer(nn.Module):
-  width: int
-  layers: int
-  heads: int
-  mlp_ratio: float
-  causal: bool
-  quick_gelu: bool
-  dtype: Dtype = jnp.float32
-  remat: bool = False
-  attention_impl: str | None = None
-
-  # None: run the blocks under lax.scan on CPU, unrolled elsewhere. XLA:CPU fuses the elementwise
-  # residual-stream chain of an unrolled stack into every block's backward, recomputing it per
-  # block (quadratic in depth: a 12-block text backward 1.6x slower than under scan,
-  # benchmarks/RESULTS.md); a loop iteration is a fusion boundary. The parameters keep open_clip's
-  # per-block layout (resblocks_0, ...) either way: they are stacked for the scan at apply time.
-  scan_layers: bool | None = None
-  # With a query_index, run the last block for that position only (False: for every token, then
-  # pick the position, as open_clip does; kept for comparison).
-  pooled_last_block: bool = True
-  gelu_tanh: bool = False
-  norm_eps: float = 1e-5
-
-  def _block_options(self) -> tuple:
-    """ResidualAttentionBlock's fields after `layers`, in order."""
-    return (self.causal, self.quick_gelu, self.dtype, self.attention_impl, self.gelu_tanh,
-            self.norm_eps)
+  blocks: Blocks
+  run: Execution = Execution()
 
   @nn.compact
   def __call__(self, x, query_index=None):
@@ -224,29 +232,29 @@ class Transformer(nn.Module):
     (tests/test_attention.py), and about 5/6 of one block's FLOPs fewer (7% of a 12-block tower),
     forward and backward.
     """
-    last_index = query_index if self.pooled_last_block else None   # the last block's queries
-    scan = jax.default_backend() == "cpu" if self.scan_layers is None else self.scan_layers
+    run, layers = self.run, self.blocks.layers
+    last_index = query_index if run.pooled_last_block else None   # the last block's queries
+    scan = jax.default_backend() == "cpu" if run.scan_layers is None else run.scan_layers
     if scan and not self.is_initializing():
       x = self._scanned(x, last_index)
     else:
-      block = nn.remat(ResidualAttentionBlock) if self.remat else ResidualAttentionBlock
-      for i in range(self.layers):
-        x = block(self.width, self.heads, self.mlp_ratio, self.layers, *self._block_options(),
-                  name=f"resblocks_{i}")(x, last_index if i == self.layers - 1 else None)
+      block = nn.remat(ResidualAttentionBlock) if run.remat else ResidualAttentionBlock
+      for i in range(layers):
+        x = block(self.blocks, run, name=f"resblocks_{i}")(
+            x, last_index if i == layers - 1 else None)
     if query_index is None:
       return x
     return (x if last_index is not None else _rows_at(x, query_index))[:, 0]
 
   def _scanned(self, x, query_index):
-    params = self.variables["params"]
-    scanned = self.layers - (query_index is not None)   # the pooled last block runs after the loop
-    template = ResidualAttentionBlock(self.width, self.heads, self.mlp_ratio, self.layers,
-                                      *self._block_options(), parent=None)   # unbound: pure apply
+    params, layers = self.variables["params"], self.blocks.layers
+    scanned = layers - (query_index is not None)   # the pooled last block runs after the loop
+    template = ResidualAttentionBlock(self.blocks, self.run, parent=None)   # unbound: pure apply
 
     def body(carry, block_params):
       return template.apply({"params": block_params}, carry), None
 
-    if self.remat:
+    if self.run.remat:
       body = jax.checkpoint(body)
     if scanned:
       stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves),
@@ -255,43 +263,37 @@ class Transformer(nn.Module):
     if query_index is None:
       return x
     last = lambda p, x, i: template.apply({"params": p}, x, i)
-    if self.remat:
+    if self.run.remat:
       last = jax.checkpoint(last)
-    return last(params[f"resblocks_{self.layers - 1}"], x, query_index)   # (B, 1, W)
+    return last(params[f"resblocks_{layers - 1}"], x, query_index)   # (B, 1, W)
 
 
 class VisionTransformer(nn.Module):
   cfg: VisionConfig
   output_dim: int
   quick_gelu: bool
-  dtype: Dtype = jnp.float32
-  remat: bool = False
-  attention_impl: str | None = None
-  scan_layers: bool | None = None
-  pooled_last_block: bool = True     # see Transformer: the last block for the class token only
+  run: Execution = Execution()
 
   @nn.compact
   def __call__(self, images, patch_tokens: bool = False):
     """images (B, H, W, 3) -> (B, output_dim); with patch_tokens also every patch's output,
     (B, grid*grid, width) (dense features, e.g. for a VLM or dense supervision): after ln_post,
     except where ln_post follows the pooling (final_ln_after_pool), as open_clip returns them."""
-    c = self.cfg
+    c, dtype = self.cfg, self.run.dtype
     scale = c.width ** -0.5
     x = nn.Conv(c.width, (c.patch_size, c.patch_size), strides=(c.patch_size, c.patch_size),
-                padding="VALID", use_bias=False, dtype=self.dtype, name="conv1")(
-                    images.astype(self.dtype))
+                padding="VALID", use_bias=False, dtype=dtype, name="conv1")(images.astype(dtype))
     b = x.shape[0]
     x = x.reshape(b, -1, c.width)                       # (B, grid*grid, width), row-major patches
     cls = self.param("class_embedding", _normal(scale), (c.width,), jnp.float32)
     pos = self.param("positional_embedding", _normal(scale), (c.grid * c.grid + 1, c.width),
                      jnp.float32)
-    x = jnp.concatenate([jnp.broadcast_to(cls.astype(self.dtype), (b, 1, c.width)), x], axis=1)
-    x = x + pos.astype(self.dtype)
+    x = jnp.concatenate([jnp.broadcast_to(cls.astype(dtype), (b, 1, c.width)), x], axis=1)
+    x = x + pos.astype(dtype)
     if not c.no_ln_pre:                 # CLIPA/CLIPS have no ln_pre (and no ln_pre parameters)
-      x = LayerNorm(self.dtype, c.norm_eps, name="ln_pre")(x)
-    transformer = Transformer(c.width, c.layers, c.heads, c.mlp_ratio, False, self.quick_gelu,
-                              self.dtype, self.remat, self.attention_impl, self.scan_layers,
-                              self.pooled_last_block, c.gelu_tanh, c.norm_eps, name="transformer")
+      x = LayerNorm(dtype, c.norm_eps, name="ln_pre")(x)
+    transformer = Transformer(Blocks.of(c, causal=False, quick_gelu=self.quick_gelu), self.run,
+                              name="transformer")
     ln_post = LayerNorm(jnp.float32, c.norm_eps, name="ln_post")
     proj = self.param("proj", _normal(scale), (c.width, self.output_dim), jnp.float32)
     if c.pool_type == "tok" and not patch_tokens:
@@ -319,31 +321,26 @@ TEXT_POOL_INDEX: dict[str, Callable] = {
 class CLIP(nn.Module):
   """open_clip's CLIP: `visual` tower plus a text tower whose parameters live at the top level."""
   cfg: ClipConfig
-  dtype: Dtype = jnp.float32
-  remat: bool = False
-  attention_impl: str | None = None
-  scan_layers: bool | None = None     # None: lax.scan over blocks on CPU (see Transformer)
-  # Run each tower's last block for its pooled token only (the same numbers up to rounding, ~7%
-  # fewer FLOPs in a 12-block tower); False runs it for every token, as open_clip does.
-  pooled_last_block: bool = True
+  run: Execution = Execution()
 
   def setup(self):
     c: TextConfig = self.cfg.text
     self.visual = VisionTransformer(self.cfg.vision, self.cfg.embed_dim, self.cfg.quick_gelu,
-                                    self.dtype, self.remat, self.attention_impl, self.scan_layers,
-                                    self.pooled_last_block)
+                                    self.run)
     self.token_embedding = nn.Embed(c.vocab_size, c.width, embedding_init=_normal(0.02),
-                                    param_dtype=jnp.float32, dtype=self.dtype)
+                                    param_dtype=jnp.float32, dtype=self.run.dtype)
     self.positional_embedding = self.param("positional_embedding", _normal(0.01),
                                            (c.context_length, c.width), jnp.float32)
-    self.transformer = Transformer(c.width, c.layers, c.heads, c.mlp_ratio, c.causal,
-                                   self.cfg.quick_gelu, self.dtype, self.remat, self.attention_impl,
-                                   self.scan_layers, self.pooled_last_block, c.gelu_tanh, c.norm_eps)
+    self.transformer = Transformer(Blocks.of(c, c.causal, self.cfg.quick_gelu), self.run)
     self.ln_final = LayerNorm(jnp.float32, c.norm_eps)
     self.text_projection = self.param("text_projection", _normal(c.width ** -0.5),
                                       (c.width, self.cfg.embed_dim), jnp.float32)
     self.logit_scale = self.param("logit_scale", nn.initializers.constant(math.log(1 / 0.07)),
                                   (), jnp.float32)
+
+  def running(self, **changes) -> "CLIP":
+    """The same model with other Execution options, e.g. `.running(pooled_last_block=False)`."""
+    return self.clone(run=dataclasses.replace(self.run, **changes))
 
   def encode_image(self, images):
     """images: (N, H, W, 3) float, normalized. Returns unnormalized float32 features (N, D)."""
@@ -366,7 +363,7 @@ class CLIP(nn.Module):
       tokens = jnp.pad(tokens, ((0, 0), (0, c.context_length - tokens.shape[1])),
                        constant_values=c.pad_id)
     x = self.token_embedding(tokens)
-    x = x + self.positional_embedding[: tokens.shape[1]].astype(self.dtype)
+    x = x + self.positional_embedding[: tokens.shape[1]].astype(self.run.dtype)
     pooled = self.transformer(x, TEXT_POOL_INDEX[c.pool_type](tokens))     # (N, W)
     return self.ln_final(pooled) @ self.text_projection
 

@@ -11,7 +11,7 @@ from types import ModuleType
 
 @dataclasses.dataclass(frozen=True)
 class Family:
-  model: str     # "package.module:Class": a Flax module built as Class(cfg, dtype=..., ...)
+  model: str     # "package.module:Class": a Flax module built as Class(cfg, run=Execution(...))
   names: str     # a module with torch_key(flax_path) -> (open_clip key, layout), to_flax, to_torch
 
 

@@ -10,21 +10,28 @@ from __future__ import annotations
 import dataclasses
 
 
-@dataclasses.dataclass(frozen=True)
-class VisionConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TowerConfig:
+  """What the image and text towers' block stacks have in common (models.clip.Blocks)."""
+  width: int
+  layers: int = 12
+  mlp_ratio: float = 4.0
+  norm_eps: float = 1e-5                 # LayerNorm eps (open_clip's norm_kwargs.eps)
+  gelu_tanh: bool = False                # GELU's tanh approximation (act_kwargs.approximate)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class VisionConfig(TowerConfig):
+  """The image tower: a ViT over (image_size / patch_size)^2 patches plus a class token."""
   image_size: int = 224
   patch_size: int = 32
   width: int = 768
-  layers: int = 12
   head_width: int = 64
-  mlp_ratio: float = 4.0
   # open_clip tower options (defaults: OpenAI's ViT). CLIPA/CLIPS drop ln_pre and average the
   # patch tokens, normalizing after the average.
   no_ln_pre: bool = False
   pool_type: str = "tok"                 # "tok": class token; "avg": mean of the patch tokens
   final_ln_after_pool: bool = False      # ln_post on the pooled vector instead of every token
-  norm_eps: float = 1e-5                 # LayerNorm eps (open_clip's norm_kwargs.eps)
-  gelu_tanh: bool = False                # GELU's tanh approximation (act_kwargs.approximate)
 
   @property
   def heads(self) -> int:
@@ -35,18 +42,16 @@ class VisionConfig:
     return self.image_size // self.patch_size
 
 
-@dataclasses.dataclass(frozen=True)
-class TextConfig:
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TextConfig(TowerConfig):
+  """The text tower: a transformer over token rows of at most context_length, whose embedding is
+  read at one position per row (pool_type)."""
   context_length: int = 77
   vocab_size: int = 49408
   width: int = 512
   heads: int = 8
-  layers: int = 12
-  mlp_ratio: float = 4.0
   causal: bool = True                    # False: open_clip's no_causal_mask (bidirectional)
   pool_type: str = "argmax"              # "argmax" (EOT, the largest id), "last", "first"
-  norm_eps: float = 1e-5
-  gelu_tanh: bool = False
   pad_id: int = 0                        # the tokenizer's padding id
   # Hugging Face tokenizer (a hub repository or a local directory) instead of CLIP's BPE.
   hf_tokenizer_name: str | None = None
@@ -85,7 +90,8 @@ _CLIPS_TEXT = dict(_CLIPA_TEXT, context_length=80, norm_eps=1e-6, gelu_tanh=True
 def _clip(embed_dim, image_size, patch_size, width, layers, text_width, text_heads,
           text_layers=12, head_width=64, mlp_ratio=4.0, vision=(), text=()) -> ClipConfig:
   return ClipConfig(embed_dim,
-                    VisionConfig(image_size, patch_size, width, layers, head_width, mlp_ratio,
+                    VisionConfig(image_size=image_size, patch_size=patch_size, width=width,
+                                 layers=layers, head_width=head_width, mlp_ratio=mlp_ratio,
                                  **dict(vision)),
                     TextConfig(width=text_width, heads=text_heads, layers=text_layers,
                                **dict(text)))
@@ -102,10 +108,8 @@ _OPENAI_STYLE = {
     "ViT-bigG-14": _clip(1280, 224, 14, 1664, 48, 1280, 20, 32, head_width=104,
                          mlp_ratio=4.9231),
     # Tiny architectures for tests and the offline demo. Same code path, a few thousand times smaller.
-    "tiny": ClipConfig(32, VisionConfig(32, 8, 64, 2, head_width=16),
-                       TextConfig(width=64, heads=4, layers=2)),
-    "tiny-64": ClipConfig(64, VisionConfig(64, 8, 128, 4, head_width=32),
-                          TextConfig(width=128, heads=4, layers=4)),
+    "tiny": _clip(32, 32, 8, 64, 2, 64, 4, text_layers=2, head_width=16),
+    "tiny-64": _clip(64, 64, 8, 128, 4, 128, 4, text_layers=4, head_width=32),
 }
 _OTHERS = {
     "ViT-L-14-CLIPA": _clip(768, 224, 14, 1024, 24, 768, 12, vision=_CLIPA_VISION,
@@ -125,9 +129,8 @@ _OTHERS = {
     "ViT-L-14-CLIPS-224": _clip(768, 224, 14, 1024, 24, 768, 12, vision=_CLIPS_VISION,
                                 text=_CLIPS_TEXT),
     # CLIPA's towers at tiny widths for tests, with CLIP's tokenizer so it trains offline.
-    "tiny-clipa": ClipConfig(32, VisionConfig(32, 8, 64, 2, head_width=16, **_CLIPA_VISION),
-                             TextConfig(width=64, heads=4, layers=2, causal=False,
-                                        pool_type="last")),
+    "tiny-clipa": _clip(32, 32, 8, 64, 2, 64, 4, text_layers=2, head_width=16,
+                        vision=_CLIPA_VISION, text=dict(causal=False, pool_type="last")),
 }
 
 MODEL_CONFIGS: dict[str, ClipConfig] = dict(_OTHERS)
