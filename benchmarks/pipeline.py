@@ -16,8 +16,10 @@ tags stored), then measures in the same run and with the same thread count:
 pipeline_ratio_vs_decode = (a) / (b). Rates are given per wall second and per CPU second of this
 process (all threads): on a shared machine the CPU-time rates and their ratio are the stable numbers.
 Also reported: the pipeline with float32 output (normalized on the host, for consumers that want
-finished arrays), on shards prepared with --max_short_side (smaller stored images), and reading the
-CSV + image files directly (POS tags then computed on the fly).
+finished arrays), on shards prepared with --max_short_side (smaller stored images), and, side by
+side in alternating rounds, reading the CSV + image files directly and reading the same records
+from webdataset tar shards (what `python -m clic_jax.data.download` writes; both compute POS tags on
+the fly): webdataset_ratio_vs_csv = shards / CSV, per wall and per CPU second.
 """
 from __future__ import annotations
 
@@ -34,7 +36,8 @@ import time
 import numpy as np
 from PIL import Image
 
-from clic_jax.data import arrayrecord_source, captions, images, pipeline, prepare, sources
+from clic_jax.data import (arrayrecord_source, captions, images, pipeline, prepare, sources,
+                           webdataset_source)
 from clic_jax.train.config import default_config
 
 _ADJ = ["red", "blue", "green", "small", "large", "wooden", "old", "shiny", "striped", "dark"]
@@ -84,6 +87,28 @@ def _prepared(csv_path, root, num_workers, max_short_side: int = 0) -> str:
     prepare.prepare(prepare.parse_args([f"--csv={csv_path}", f"--image_root={root}", f"--out={out}",
                                         f"--num_workers={num_workers}", "--shard_size=500",
                                         "--pos_backend=auto", f"--max_short_side={max_short_side}"]))
+  return out
+
+
+def _webdataset_shards(csv_path, root, shard_size: int = 500) -> str:
+  """The CSV's records as webdataset shards in the download's layout (the same image bytes, the
+  sentences in the JSON's clic_captions, img2dataset's width/height), written once."""
+  out = os.path.splitext(csv_path)[0] + "_webdataset"
+  if os.path.exists(os.path.join(out, "done")):
+    return out
+  os.makedirs(out, exist_ok=True)
+  with open(csv_path, newline="") as f:
+    rows = list(csv.reader(f))
+  for shard, start in enumerate(range(0, len(rows), shard_size)):
+    samples = []
+    for i, row in enumerate(rows[start:start + shard_size], start):
+      data = images.read_bytes(os.path.join(root, row[0]))
+      width, height = images.image_size(data)
+      meta = {"clic_row": i, "clic_captions": row[1:], "width": width, "height": height}
+      samples.append((f"{i:09d}", {"jpg": data, "txt": row[1].encode(),
+                                   "json": json.dumps(meta).encode()}))
+    webdataset_source.write_shard(os.path.join(out, f"{shard:05d}.tar"), samples)
+  open(os.path.join(out, "done"), "w").close()
   return out
 
 
@@ -225,12 +250,36 @@ def run(num_images: int = 2000, image_size: int = 224, batch_size: int = 32,
       "load_average_1min": os.getloadavg()[0],
   }
   if include_csv:
-    csv_source = sources.CsvSource(csv_path, root, num_threads=num_threads)
-    csv_config = dataclasses.replace(config,
-                                     source=sources.SourceSpec(csv=csv_path, image_root=root))
-    wall, cpu = _pipeline_rate(csv_config, csv_source, num_batches)
-    result["csv_pipeline_samples_per_s"], result["csv_pipeline_samples_per_cpu_s"] = wall, cpu
+    result.update(_csv_and_webdataset_rates(config, csv_path, root, num_threads, num_batches,
+                                            rounds))
   return result
+
+
+def _csv_and_webdataset_rates(config, csv_path, root, num_threads, num_batches, rounds) -> dict:
+  """The pipeline on the CSV + image files and on the same records as webdataset shards, measured
+  in alternating rounds (best of each kept), with their ratios."""
+  shards = _webdataset_shards(csv_path, root)
+  t0 = time.perf_counter()
+  opened = {"csv": sources.CsvSource(csv_path, root, num_threads=num_threads)}
+  open_s = {"csv": time.perf_counter() - t0}
+  t0 = time.perf_counter()
+  opened["webdataset"] = sources.WebDatasetSource(shards, num_threads=num_threads)
+  open_s["webdataset"] = time.perf_counter() - t0   # index built on the first run, loaded after
+  specs = {"csv": sources.SourceSpec(csv=csv_path, image_root=root),
+           "webdataset": sources.SourceSpec(webdataset=shards)}
+  best = {name: (0.0, 0.0) for name in specs}
+  for _ in range(rounds):
+    for name, spec in specs.items():
+      wall, cpu = _pipeline_rate(dataclasses.replace(config, source=spec), opened[name],
+                                 num_batches)
+      best[name] = (max(best[name][0], wall), max(best[name][1], cpu))
+  out = {}
+  for name in specs:
+    out[f"{name}_pipeline_samples_per_s"], out[f"{name}_pipeline_samples_per_cpu_s"] = best[name]
+    out[f"{name}_source_open_s"] = open_s[name]
+  out["webdataset_ratio_vs_csv"] = best["webdataset"][0] / best["csv"][0]
+  out["webdataset_ratio_vs_csv_cpu"] = best["webdataset"][1] / best["csv"][1]
+  return out
 
 
 def _table(result: dict) -> str:
@@ -252,6 +301,11 @@ def _table(result: dict) -> str:
     rows.append(("full CLIC pipeline (CSV + image files)",
                  f"{result['csv_pipeline_samples_per_s']:.0f}",
                  f"{result['csv_pipeline_samples_per_cpu_s']:.0f}"))
+    rows.append(("full CLIC pipeline (webdataset shards)",
+                 f"{result['webdataset_pipeline_samples_per_s']:.0f}",
+                 f"{result['webdataset_pipeline_samples_per_cpu_s']:.0f}"))
+    rows.append(("ratio webdataset / CSV", f"{result['webdataset_ratio_vs_csv']:.2f}",
+                 f"{result['webdataset_ratio_vs_csv_cpu']:.2f}"))
   rows = [("measure", "samples/s (wall)", "samples per CPU-s")] + rows
   widths = [max(len(r[i]) for r in rows) for i in range(3)]
   lines = ["| " + " | ".join(f"{c:<{w}}" for c, w in zip(r, widths)) + " |" for r in rows]
@@ -263,6 +317,10 @@ def _table(result: dict) -> str:
   rows.append(("threads / cores / image size / batch",
                f"{result['num_threads']} / {result['cpu_count']} / {result['image_size']} / "
                f"{result['batch_size']}"))
+  if "webdataset_source_open_s" in result:
+    rows.append(("source open: CSV (image headers) / webdataset (index)",
+                 f"{result['csv_source_open_s']:.2f} s / "
+                 f"{result['webdataset_source_open_s']:.2f} s"))
   rows.append(("1-min load average during the run", f"{result['load_average_1min']:.1f}"))
   width = max(len(name) for name, _ in rows)
   lines += [f"| {name:<{width}} | {value} |" for name, value in rows]
@@ -279,7 +337,8 @@ def main(argv=None) -> int:
   parser.add_argument("--num_threads", type=int, default=None)
   parser.add_argument("--cache_dir", default=None)
   parser.add_argument("--rounds", type=int, default=2, help="alternating rounds, best kept")
-  parser.add_argument("--no_csv", action="store_true", help="skip the CSV-source measurement")
+  parser.add_argument("--no_csv", action="store_true",
+                      help="skip the CSV and webdataset measurements")
   parser.add_argument("--json", default=None, help="write the result dict here")
   args = parser.parse_args(argv)
   result = run(num_images=args.num_images, image_size=args.image_size, batch_size=args.batch_size,

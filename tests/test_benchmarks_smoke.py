@@ -197,3 +197,23 @@ def test_separate_text_calls_give_the_same_step():
   assert np.isclose(m_a["loss"], m_b["loss"], rtol=1e-6)
   for a, b in zip(jax.tree.leaves(s_a.trainable), jax.tree.leaves(s_b.trainable)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_pipeline_benchmark_reads_the_same_records_from_webdataset_shards(tmp_path):
+  from benchmarks import pipeline as pipeline_bench
+  from clic_jax.data import pipeline, sources
+  csv_path, root = pipeline_bench.make_dataset(str(tmp_path), 12)
+  config = pipeline.PipelineConfig(
+      source=sources.SourceSpec(csv=csv_path, image_root=root), global_batch_size=4,
+      image_size=32, num_extra_positives=2, step_pattern=("clic",), mode="clic", seed=0,
+      concat_image_norm="clip", image_dtype="uint8", context_length=77, pos_backend="lexicon",
+      num_threads=2)
+  result = pipeline_bench._csv_and_webdataset_rates(config, csv_path, root, num_threads=2,
+                                                    num_batches=1, rounds=1)
+  for key in ("csv_pipeline_samples_per_s", "webdataset_pipeline_samples_per_s",
+              "webdataset_ratio_vs_csv", "webdataset_ratio_vs_csv_cpu"):
+    assert _positive(result[key]), key
+  shards = sources.WebDatasetSource(pipeline_bench._webdataset_shards(csv_path, root))
+  csv_source = sources.CsvSource(csv_path, root)
+  assert [shards[i]["sentences"] for i in range(12)] == [csv_source[i]["sentences"]
+                                                         for i in range(12)]

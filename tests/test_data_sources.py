@@ -199,3 +199,130 @@ def test_tfds_array_record_source(tmp_path):
       assert r["sentences"][0].startswith("a box number") and r["sentences"][1] == "second caption"
       w, h = images.image_size(r["image"])
       assert r["aspect"] == images.aspect_class(w, h)
+
+
+# --- webdataset shards ---------------------------------------------------------------------------
+
+def _csv_and_shards(tmp_path, n=24):
+  """The same records as a reference CSV with image files and as two webdataset shards (the first
+  with img2dataset's width/height in the JSON, the second without: sizes from the image headers)."""
+  from clic_jax.data import webdataset_source
+  root = tmp_path / "imgs"
+  root.mkdir()
+  rows, samples = [], []
+  for i in range(n):
+    size = [(40, 24), (24, 40), (32, 32), (50, 20)][i % 4]
+    _save(root / f"{i}.jpg", size, color=(i * 10, 60, 200))
+    captions = [f"A Red Dog Number {i} near a tree", f"Extra one of {i}", f"extra two of {i}"]
+    rows.append([f"{i}.jpg", *captions])
+    meta = {"clic_captions": captions, "clic_row": i}
+    if i < n // 2:
+      meta.update(width=size[0], height=size[1])
+    samples.append((f"{i:09d}", {"jpg": (root / f"{i}.jpg").read_bytes(),
+                                 "txt": captions[0].encode(), "json": json.dumps(meta).encode()}))
+  shards = tmp_path / "shards"
+  shards.mkdir()
+  webdataset_source.write_shard(str(shards / "00000.tar"), samples[:n // 2])
+  webdataset_source.write_shard(str(shards / "00001.tar"), samples[n // 2:])
+  return _write_csv(tmp_path / "d.csv", rows), str(root), str(shards)
+
+
+def test_webdataset_source_gives_the_csv_records_and_keeps_its_index(tmp_path):
+  from clic_jax.data import webdataset_source
+  csv_path, root, shards = _csv_and_shards(tmp_path)
+  csv_src = sources.CsvSource(csv_path, root)
+  wds = sources.open_source(sources.SourceSpec(webdataset=shards))
+  assert isinstance(wds, webdataset_source.WebDatasetSource) and wds.report == {}
+  assert len(wds) == len(csv_src) and list(wds.aspects) == list(csv_src.aspects)
+  for i in range(len(wds)):
+    a, b = csv_src[i], wds[i]
+    assert b["sentences"] == a["sentences"] and b["aspect"] == a["aspect"]
+    assert b["image"] == images.read_bytes(a["image"]) and b["id"] == f"{i:09d}"
+  # The index is saved beside each shard and reused; a changed shard is indexed again.
+  index = tmp_path / "shards" / ("00001.tar" + webdataset_source.INDEX_SUFFIX)
+  stamp = index.stat().st_mtime_ns
+  assert len(sources.open_source(sources.SourceSpec(webdataset=shards))) == len(wds)
+  assert index.stat().st_mtime_ns == stamp
+  webdataset_source.write_shard(str(tmp_path / "shards" / "00001.tar"), [])
+  assert len(webdataset_source.WebDatasetSource(shards)) == len(wds) // 2
+  assert index.stat().st_mtime_ns != stamp
+  # Reader processes get a picklable source that opens its own files.
+  import pickle
+  copy = pickle.loads(pickle.dumps(wds))
+  assert copy[3]["image"] == wds[3]["image"]
+  wds.close()
+
+
+def test_pipeline_on_webdataset_equals_pipeline_on_csv_and_resumes_exactly(tmp_path):
+  from clic_jax.data import pipeline
+  csv_path, root, shards = _csv_and_shards(tmp_path)
+
+  def config(spec):
+    return pipeline.PipelineConfig(
+        source=spec, global_batch_size=4, image_size=16, num_extra_positives=2,
+        step_pattern=("clic", "clip"), mode="clic", seed=0, concat_image_norm="clip",
+        image_dtype="uint8", context_length=77, pos_backend="lexicon", num_threads=2)
+
+  from_csv = pipeline.make_train_iterator(config(sources.SourceSpec(csv=csv_path, image_root=root)))
+  from_shards = pipeline.make_train_iterator(config(sources.SourceSpec(webdataset=shards)))
+  want = [next(from_csv) for _ in range(5)]
+  got = [next(from_shards) for _ in range(2)]
+  state = from_shards.get_state()
+  got += [next(from_shards) for _ in range(3)]
+  for a, b in zip(want, got):   # the same partners, images, captions and negatives, batch by batch
+    assert a["kind"] == b["kind"]
+    np.testing.assert_array_equal(a["images"], b["images"])
+    np.testing.assert_array_equal(a["texts"], b["texts"])
+  resumed = pipeline.make_train_iterator(config(sources.SourceSpec(webdataset=shards)))
+  resumed.set_state(state)
+  for a in got[2:]:
+    np.testing.assert_array_equal(next(resumed)["texts"], a["texts"])
+  for it in (from_csv, from_shards, resumed):
+    it.close()
+
+
+def test_webdataset_bad_members_are_counted_never_raised(tmp_path):
+  from clic_jax.data import webdataset_source
+  jpg = (_save(tmp_path / "a.jpg", (40, 30))).read_bytes()
+  good = {"jpg": jpg, "json": json.dumps({"clic_captions": ["a good one", "extra"]}).encode()}
+  path = str(tmp_path / "bad.tar")
+  webdataset_source.write_shard(path, [
+      ("000", good),
+      ("001", {"json": good["json"]}),                             # no image member
+      ("002", {"jpg": jpg, "json": b"{not json", "txt": b"A caption from the txt"}),
+      ("003", {"jpg": jpg, "json": json.dumps({"clic_captions": ["?!"]}).encode()}),
+      ("004", {"png": b"<html>not an image</html>", "txt": b"a page"}),
+      ("dir/005", {"seg.png": jpg, "jpeg": jpg, "txt": b"nested key, two images"}),
+      ("006", good),
+  ])
+  # Cut the tar inside the last member, as an interrupted copy leaves it.
+  data = open(path, "rb").read()
+  open(path, "wb").write(data[:data.rindex(jpg[:64]) + 100])
+  (tmp_path / "junk.tar").write_bytes(b"not a tar file at all")   # counted, holds nothing
+  src = webdataset_source.WebDatasetSource(f"{path},{tmp_path}/junk.tar")
+  assert src.report == {"no_image_member": 1, "bad_json_member": 1, "unusable_caption": 1,
+                        "not_an_image": 1, "truncated_shard": 1, "unreadable_shard": 1}
+  assert [src[i]["id"] for i in range(len(src))] == ["000", "002", "003", "004", "dir/005"]
+  assert src[1]["sentences"] == ["a caption from the txt"]
+  assert src[4]["path"].endswith("bad.tar/dir/005.jpeg")
+  assert [records.aspect_name(a) for a in src.aspects] == ["wider", "wider", None, None, "wider"]
+  with pytest.raises(FileNotFoundError, match="clic_jax.data.download"):
+    webdataset_source.WebDatasetSource(str(tmp_path / "nothing_here"))
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(FileNotFoundError, match="no webdataset"):
+    sources.open_source(sources.SourceSpec(webdataset=str(tmp_path / "empty")))
+
+
+def test_prepare_from_webdataset_gives_the_same_records(tmp_path):
+  from clic_jax.data import prepare
+  _, _, shards = _csv_and_shards(tmp_path, n=10)
+  out = tmp_path / "prepared"
+  report = prepare.prepare(prepare.parse_args([f"--webdataset={shards}", f"--out={out}",
+                                               "--num_workers=0", "--shard_size=4",
+                                               "--pos_backend=lexicon"]))
+  assert report["records_written"] == 10 and report["skipped"] == {}
+  a, b = sources.WebDatasetSource(shards), sources.ArrayRecordSource(str(out))
+  assert list(a.aspects) == list(b.aspects)
+  for i in range(10):
+    assert a[i]["sentences"] == b[i]["sentences"] and a[i]["image"] == b[i]["image"]
+    assert b[i]["id"] == a[i]["id"] and b[i]["tags"][0][0] == ("a", "DET")

@@ -144,3 +144,36 @@ def test_prepare_uses_pos_sidecar_tags(tmp_path):
   rec = sources.ArrayRecordSource(str(out))[0]
   assert rec["tags"][0] == [("a", "DET"), ("red", "ADJ"), ("dog", "PROPN")]  # not re-tagged
   assert rec["tags"][1] == [("extra", "ADJ")]
+
+
+def test_prepare_in_work_shares_needs_no_merge_step(tmp_path):
+  """Two machines (work shares 0 and 1 of 2) write into one directory; the ArrayRecord source reads
+  the complete set of shards, equal record for record to a one-machine prepare."""
+  csv_path, root = _dataset(tmp_path)
+  whole, shared = tmp_path / "whole", tmp_path / "shared"
+  prepare.prepare(_args(csv_path, root, whole))
+  part0 = prepare.prepare(_args(csv_path, root, shared, shard_index=0, num_shards=2))
+  assert part0["shards_written_by_this_share"] == 2 and part0["shards_still_missing"] == 1
+  assert sorted(p.name for p in shared.glob("*.array_record")) == [
+      prepare.shard_name(0, 3), prepare.shard_name(2, 3)]
+  with pytest.raises(FileNotFoundError, match="1 of 3 prepared shards"):
+    sources.ArrayRecordSource(str(shared))
+  # The last share to finish writes the index; without it the shards' .meta.json files suffice.
+  report = prepare.prepare(_args(csv_path, root, shared, shard_index=1, num_shards=2))
+  assert report == json.loads((whole / "report.json").read_text())
+  os.remove(shared / "index.json")
+  a, b = sources.ArrayRecordSource(str(whole)), sources.ArrayRecordSource(str(shared))
+  assert len(a) == len(b) == 9 and list(a.aspects) == list(b.aspects) and a.report == b.report
+  for i in range(9):
+    assert a[i]["sentences"] == b[i]["sentences"] and a[i]["image"] == b[i]["image"]
+  with pytest.raises(SystemExit, match="not in"):
+    prepare.prepare(_args(csv_path, root, shared, shard_index=2, num_shards=2))
+
+
+def test_prepare_work_share_from_the_scheduler(tmp_path, monkeypatch):
+  csv_path, root = _dataset(tmp_path)
+  monkeypatch.setenv("SLURM_PROCID", "1")
+  monkeypatch.setenv("SLURM_NTASKS", "3")
+  report = prepare.prepare(_args(csv_path, root, tmp_path / "out", shard_index="auto"))
+  assert report["work_share"] == 1 and report["num_work_shares"] == 3
+  assert [p.name for p in (tmp_path / "out").glob("*.array_record")] == [prepare.shard_name(1, 3)]

@@ -11,7 +11,7 @@ import os
 
 import numpy as np
 
-from clic_jax.data import records
+from clic_jax.data import images, records
 
 # The reference keeps only lowercase .png/.jpg/.jpeg; we also accept other formats PIL decodes, in
 # any case.
@@ -26,6 +26,14 @@ class CsvRow:
   sentences: list[str]
   tags: list | None
   columns: list[int] = dataclasses.field(default_factory=list)  # sentence -> CSV column - 1
+
+  @property
+  def id(self) -> str:
+    return f"row{self.row}"
+
+  def image_bytes(self, image_root: str | None) -> bytes:
+    """The encoded image (prepare reads rows of every input kind through this)."""
+    return images.read_bytes(resolve_image_path(self.path, image_root))
 
 
 def read_reference_csv(csv_path: str, *, split_fn=None) -> tuple[list[CsvRow], dict[str, int]]:
@@ -138,5 +146,5 @@ class CsvSource:
   def __getitem__(self, index: int) -> dict:
     r = self.rows[index]
     return {"image": self.paths[index], "sentences": list(r.sentences), "tags": r.tags,
-            "aspect": records.aspect_name(self.aspects[index]), "id": f"row{r.row}",
+            "aspect": records.aspect_name(self.aspects[index]), "id": r.id,
             "path": self.paths[index]}

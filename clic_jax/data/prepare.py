@@ -1,7 +1,10 @@
-"""CSV + image folder -> ArrayRecord shards that the training pipeline reads with random access.
+"""CSV + image folder, or webdataset shards -> ArrayRecord shards that the training pipeline reads
+with random access.
 
   python -m clic_jax.data.prepare --csv=FILE --image_root=DIR --out=DIR \
       [--split_long_captions] [--num_workers=N] [--shard_size=N] [--pos_backend=auto]
+  python -m clic_jax.data.prepare --webdataset=DOWNLOAD_DIR --out=DIR [...]
+  ... [--shard_index=K|auto --num_shards=N]     # one of N machines sharing the job
 
 What it does once, so training does not repeat it every epoch:
 - optional sentence splitting of a raw [image, long caption] CSV like the reference's dataset
@@ -18,6 +21,12 @@ aspects.npy (uint8 aspect class per record, the partner index without reading im
 report.json (rows and images skipped, by reason). Shards are written by a process pool; each is
 written under a temporary name and renamed, and its .meta.json is renamed last, so a re-run after an
 interruption writes exactly the shards whose .meta.json is missing.
+
+Many machines: with --shard_index=K --num_shards=N (or --shard_index=auto under a scheduler) a
+machine writes the output shards s with s % N == K into the shared --out directory. Every machine
+reads the same input and plans the same shards, so the parts are disjoint and together complete;
+the machine that finds every shard's .meta.json written writes index.json, and the ArrayRecord
+source reads a complete set of .meta.json files without it, so no merge step is needed.
 """
 from __future__ import annotations
 
@@ -29,13 +38,14 @@ import io
 import json
 import multiprocessing
 import os
+import socket
 import sys
 
 import numpy as np
 
-from clic_jax.data import arrayrecord_source, csv_source, images, records
+from clic_jax.data import arrayrecord_source, csv_source, images, records, work_shares
 
-PLAN_FILENAME = "plan.json"
+PLAN_FILENAME = arrayrecord_source.PLAN_FILENAME
 REPORT_FILENAME = "report.json"
 
 
@@ -57,7 +67,8 @@ def _split_fn():
 class ShardJob:
   shard: int
   num_shards: int
-  rows: list            # list[csv_source.CsvRow]
+  rows: list            # csv_source.CsvRow / webdataset_source.TarRow: row, id, path, sentences,
+                        # tags, image_bytes(image_root)
   image_root: str | None
   out: str
   pos_backend: str
@@ -99,9 +110,8 @@ def write_shard(job: ShardJob) -> dict:
     if not records.has_words(row.sentences[0]):
       report["unusable_caption"] += 1
       continue
-    path = csv_source.resolve_image_path(row.path, job.image_root)
     try:
-      data = images.read_bytes(path)
+      data = row.image_bytes(job.image_root)
       width, height = images.image_size(data)
       if job.max_short_side and min(width, height) > job.max_short_side:
         data = shrink_image(data, job.max_short_side)
@@ -109,7 +119,7 @@ def write_shard(job: ShardJob) -> dict:
     except images.ImageError as e:
       report[e.reason] += 1
       continue
-    kept.append((row, path, data, width, height))
+    kept.append((row, data, width, height))
   untagged = [i for i, (row, *_rest) in enumerate(kept) if not (row.tags and row.tags[0])]
   first_tags = {}
   if untagged:
@@ -118,12 +128,12 @@ def write_shard(job: ShardJob) -> dict:
   aspects = []
   tmp = final + ".tmp"
   writer = ArrayRecordWriter(tmp, "group_size:1")  # group size 1: cheap random access.
-  for i, (row, path, data, width, height) in enumerate(kept):
+  for i, (row, data, width, height) in enumerate(kept):
     tags = row.tags or [None] * len(row.sentences)
     if i in first_tags:
       tags = [[list(wp) for wp in first_tags[i]]] + list(tags[1:])
     aspect = images.aspect_class(width, height)
-    meta = {"id": f"row{row.row}", "path": row.path, "width": width, "height": height,
+    meta = {"id": row.id, "path": row.path, "width": width, "height": height,
             "aspect": aspect, "sentences": row.sentences,
             "tags": [None if t is None else [list(wp) for wp in t] for t in tags]}
     writer.write(arrayrecord_source.encode_record(meta, data))
@@ -139,9 +149,17 @@ def write_shard(job: ShardJob) -> dict:
   return meta
 
 
+def _input_plan(args) -> dict:
+  if args.webdataset:
+    from clic_jax.data import webdataset_source
+    tars = webdataset_source.shard_files(args.webdataset)
+    return {"webdataset": tars, "webdataset_bytes": sum(os.path.getsize(t) for t in tars)}
+  return {"csv": os.path.abspath(args.csv), "csv_bytes": os.stat(args.csv).st_size}
+
+
 def _plan(args, num_rows: int, csv_report: dict) -> dict:
-  stat = os.stat(args.csv)
-  return {"csv": os.path.abspath(args.csv), "csv_bytes": stat.st_size,
+  # Not the work share: every machine of a shared job writes (and checks) the same plan.
+  return {**_input_plan(args),
           "image_root": os.path.abspath(args.image_root) if args.image_root else None,
           "split_long_captions": bool(args.split_long_captions), "shard_size": args.shard_size,
           "max_short_side": args.max_short_side,
@@ -159,9 +177,28 @@ def _check_or_write_plan(out: str, plan: dict) -> None:
       raise SystemExit(f"error: {out} holds a prepare job with different settings ({changed}); "
                        "re-run with the same flags to finish it, or use a fresh --out directory")
     return
-  with open(path + ".tmp", "w") as f:
-    json.dump(plan, f, indent=1)
-  os.replace(path + ".tmp", path)
+  _write_json(path, plan)
+
+
+def _write_json(path: str, content) -> None:
+  # Machines of a shared job may write the same file at once: each through its own temporary name.
+  tmp = f"{path}.{socket.gethostname()}.{os.getpid()}.tmp"
+  with open(tmp, "w") as f:
+    json.dump(content, f, indent=1)
+  os.replace(tmp, path)
+
+
+def _read_rows(args) -> tuple[list, dict]:
+  """(rows, report of rows skipped while reading) of the --csv or --webdataset input."""
+  if args.webdataset:
+    from clic_jax.data import webdataset_source
+    source = webdataset_source.WebDatasetSource(args.webdataset)
+    # Records the index found unusable are already in the source's report, by reason.
+    rows = [source.row(i) for i in np.flatnonzero(source.aspects != records.UNUSABLE)]
+    source.close()
+    return rows, source.report
+  return csv_source.read_reference_csv(
+      args.csv, split_fn=_split_fn() if args.split_long_captions else None)
 
 
 def prepare(args) -> dict:
@@ -170,24 +207,41 @@ def prepare(args) -> dict:
     raise SystemExit(f"error: --image_root {args.image_root!r} is not a directory")
   if args.shard_size < 1:
     raise SystemExit("error: --shard_size must be >= 1")
+  if bool(args.csv) == bool(args.webdataset):
+    raise SystemExit("error: give exactly one input: --csv (with --image_root) or --webdataset")
+  if args.webdataset and args.split_long_captions:
+    raise SystemExit("error: --split_long_captions applies to --csv; the download splits captions "
+                     "before the images are fetched (its --split_long_captions)")
+  try:
+    part, num_parts = work_shares.resolve(args.shard_index, args.num_shards)
+  except ValueError as e:
+    raise SystemExit(f"error: {e}") from None
   os.makedirs(args.out, exist_ok=True)
   try:
-    rows, csv_report = csv_source.read_reference_csv(
-        args.csv, split_fn=_split_fn() if args.split_long_captions else None)
+    rows, csv_report = _read_rows(args)
   except FileNotFoundError as e:
     raise SystemExit(f"error: {e}") from None
   plan = _plan(args, len(rows), csv_report)
   _check_or_write_plan(args.out, plan)
   num_shards = plan["num_shards"]
   jobs = []
-  for shard in range(num_shards):
-    meta_path = os.path.join(args.out, shard_name(shard, num_shards) + ".meta.json")
-    if not os.path.exists(meta_path):
+  for shard in range(part, num_shards, num_parts):
+    if not os.path.exists(_meta_path(args.out, shard, num_shards)):
       chunk = rows[shard * args.shard_size:(shard + 1) * args.shard_size]
       jobs.append(ShardJob(shard, num_shards, chunk, args.image_root, args.out, args.pos_backend,
                            args.max_short_side))
   _run_jobs(jobs, args.num_workers, total_rows=sum(len(j.rows) for j in jobs))
+  missing = [s for s in range(num_shards)
+             if not os.path.exists(_meta_path(args.out, s, num_shards))]
+  if missing:   # other machines' parts are not written yet: the last one to finish writes the index
+    return {"work_share": part, "num_work_shares": num_parts, "num_shards": num_shards,
+            "shards_written_by_this_share": len(range(part, num_shards, num_parts)),
+            "shards_still_missing": len(missing)}
   return _finish(args.out, plan, num_shards)
+
+
+def _meta_path(out: str, shard: int, num_shards: int) -> str:
+  return os.path.join(out, shard_name(shard, num_shards) + ".meta.json")
 
 
 def _run_jobs(jobs: list[ShardJob], num_workers: int, total_rows: int) -> None:
@@ -214,7 +268,7 @@ def _finish(out: str, plan: dict, num_shards: int) -> dict:
   skipped = collections.Counter(plan["csv_report"])
   num_resized = 0
   for shard in range(num_shards):
-    with open(os.path.join(out, shard_name(shard, num_shards) + ".meta.json")) as f:
+    with open(_meta_path(out, shard, num_shards)) as f:
       meta = json.load(f)
     shards.append({"file": meta["file"], "num_records": meta["num_records"]})
     aspects.extend(meta["aspects"])
@@ -229,10 +283,7 @@ def _finish(out: str, plan: dict, num_shards: int) -> dict:
             "images_resized": num_resized, "skipped": dict(sorted(skipped.items()))}
   index = {"num_records": int(len(aspects)), "shards": shards, "report": report["skipped"]}
   for name, content in ((REPORT_FILENAME, report), (arrayrecord_source.INDEX_FILENAME, index)):
-    path = os.path.join(out, name)
-    with open(path + ".tmp", "w") as f:
-      json.dump(content, f, indent=1)
-    os.replace(path + ".tmp", path)
+    _write_json(os.path.join(out, name), content)
   return report
 
 
@@ -240,8 +291,12 @@ def parse_args(argv=None):
   parser = argparse.ArgumentParser(
       prog="python -m clic_jax.data.prepare",
       description="Write ArrayRecord shards (images, sentences, POS tags, aspect index) from a "
-                  "reference-format CSV. Re-running with the same flags finishes an interrupted job.")
-  parser.add_argument("--csv", required=True, help="CSV: image path, first sentence, extras...")
+                  "reference-format CSV or webdataset shards. Re-running with the same flags "
+                  "finishes an interrupted job.")
+  parser.add_argument("--csv", default=None, help="CSV: image path, first sentence, extras...")
+  parser.add_argument("--webdataset", default=None,
+                      help="instead of --csv: webdataset shards (the download's DIR, globs or "
+                           ".tar files, comma-separated)")
   parser.add_argument("--image_root", default=None, help="directory relative image paths start in")
   parser.add_argument("--out", required=True, help="output directory")
   parser.add_argument("--split_long_captions", action="store_true",
@@ -255,6 +310,7 @@ def parse_args(argv=None):
                            "224-px training) so training decodes less; 0 keeps the original bytes")
   parser.add_argument("--pos_backend", default="auto", choices=("auto", "spacy", "lexicon"),
                       help="tagger for first sentences without sidecar tags")
+  work_shares.add_flags(parser, "the output shards (shard %% num_shards == shard_index)")
   return parser.parse_args(argv)
 
 

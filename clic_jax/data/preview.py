@@ -2,6 +2,7 @@
 
   python -m clic_jax.data.preview --csv=FILE [--image_root=DIR] [--num=N] [--seed=S] --out=DIR
   python -m clic_jax.data.preview --arrayrecord_dir=DIR --out=DIR
+  python -m clic_jax.data.preview --webdataset=SHARD_DIR --out=DIR
 
 Writes
   DIR/preview.png    contact sheet: each concatenated image (un-normalized) with p1..pP under it and
@@ -96,6 +97,8 @@ def parse_args(argv=None):
   group.add_argument("--csv", help="reference-format CSV (image path, first sentence, extras...)")
   group.add_argument("--arrayrecord_dir", help="output directory of clic_jax.data.prepare")
   group.add_argument("--tfds_builder_dir", help="TFDS dataset version directory (ArrayRecord)")
+  group.add_argument("--webdataset", help="webdataset shards: the download's DIR, globs or .tar "
+                                          "files, comma-separated")
   parser.add_argument("--image_root", default=None, help="directory relative CSV paths start in")
   parser.add_argument("--out", required=True, help="output directory")
   parser.add_argument("--num", type=int, default=16, help="number of samples")
@@ -106,9 +109,9 @@ def parse_args(argv=None):
   parser.add_argument("--pos_backend", default=None, choices=("auto", "spacy", "lexicon"))
   args = parser.parse_args(argv)
   _fill_from_config(args)
-  if not (args.csv or args.arrayrecord_dir or args.tfds_builder_dir):
-    parser.error("give a source: --csv, --arrayrecord_dir or --tfds_builder_dir (or a --config "
-                 "whose data.csv / data.arrayrecord_dir is set)")
+  if not (args.csv or args.arrayrecord_dir or args.tfds_builder_dir or args.webdataset):
+    parser.error("give a source: --csv, --arrayrecord_dir, --webdataset or --tfds_builder_dir (or "
+                 "a --config whose data.csv / data.arrayrecord_dir / data.webdataset is set)")
   return args
 
 
@@ -127,9 +130,10 @@ def _fill_from_config(args) -> None:
     spec.loader.exec_module(module)
     config = module.get_config()
   data = config.data
-  if not (args.csv or args.arrayrecord_dir or args.tfds_builder_dir):
+  if not (args.csv or args.arrayrecord_dir or args.tfds_builder_dir or args.webdataset):
     args.csv = data.csv or None
     args.arrayrecord_dir = None if args.csv else (data.arrayrecord_dir or None)
+    args.webdataset = None if args.csv or args.arrayrecord_dir else (data.webdataset or None)
     args.image_root = args.image_root or data.image_root or None
   defaults = dict(seed=config.seed, num_extra_positives=data.num_extra_positives,
                   pos_backend=data.pos_backend,
@@ -153,7 +157,7 @@ def main(argv=None) -> int:
   try:
     spec = sources.SourceSpec(csv=args.csv, image_root=args.image_root,
                               arrayrecord_dir=args.arrayrecord_dir,
-                              tfds_builder_dir=args.tfds_builder_dir)
+                              tfds_builder_dir=args.tfds_builder_dir, webdataset=args.webdataset)
     config = pipeline.PipelineConfig(
         source=spec, global_batch_size=1, image_size=args.image_size,
         num_extra_positives=args.num_extra_positives, step_pattern=(modes.HARD_STEP,),

@@ -1,8 +1,8 @@
 """Where training records come from: one table maps a source kind to its reader.
 
-Each reader is its own module (csv_source, arrayrecord_source, tfds_source) and gives records as
-clic_jax.data.records describes them. A new format is one new module, its SourceSpec field(s) and
-one line in SOURCE_KINDS.
+Each reader is its own module (csv_source, arrayrecord_source, tfds_source, webdataset_source) and
+gives records as clic_jax.data.records describes them. A new format is one new module, its
+SourceSpec field(s) and one line in SOURCE_KINDS.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from typing import Any, Callable
 from clic_jax.data.arrayrecord_source import ArrayRecordSource
 from clic_jax.data.csv_source import CsvSource
 from clic_jax.data.tfds_source import TfdsSource
+from clic_jax.data.webdataset_source import WebDatasetSource
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,13 +27,14 @@ class SourceSpec:
   tfds_split: str = "train"
   tfds_image_key: str = "image"
   tfds_caption_key: str | None = None
+  webdataset: str | None = None     # shard directories, globs or .tar files, comma-separated
 
   def __post_init__(self):
     chosen = [name for name, kind in SOURCE_KINDS.items() if kind.selected(self)]
     if len(chosen) != 1:
-      raise ValueError("give exactly one data source: csv (with image_root), arrayrecord_dir, or "
-                       "tfds_name / tfds_builder_dir (config.data.<field> when training); got "
-                       f"{chosen or 'none'}")
+      raise ValueError("give exactly one data source: csv (with image_root), arrayrecord_dir, "
+                       "webdataset, or tfds_name / tfds_builder_dir (config.data.<field> when "
+                       f"training); got {chosen or 'none'}")
 
   @property
   def kind(self) -> str:
@@ -58,6 +60,9 @@ SOURCE_KINDS: dict[str, SourceKind] = {
                            builder_dir=spec.tfds_builder_dir, split=spec.tfds_split,
                            image_key=spec.tfds_image_key, caption_key=spec.tfds_caption_key,
                            num_threads=threads)),
+    "webdataset": SourceKind(lambda spec: bool(spec.webdataset),
+                             lambda spec, threads: WebDatasetSource(spec.webdataset,
+                                                                    num_threads=threads)),
 }
 
 

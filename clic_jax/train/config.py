@@ -49,6 +49,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data.csv = ""                   # reference CSV (no header): image path, sentence 1, 2, ...
   c.data.image_root = ""
   c.data.arrayrecord_dir = ""       # output of `python -m clic_jax.data.prepare`
+  c.data.webdataset = ""            # webdataset shards: `python -m clic_jax.data.download`'s DIR
+                                    # (or img2dataset's), globs, .tar files; comma-separated
   c.data.tfds_name = ""             # any TFDS image-caption dataset prepared as ArrayRecord
   c.data.tfds_data_dir = ""
   c.data.tfds_split = "train"
@@ -546,7 +548,8 @@ def _source_spec(data: ml_collections.ConfigDict) -> sources_lib.SourceSpec:
     return sources_lib.SourceSpec(
         csv=data.csv or None, image_root=data.image_root or None,
         arrayrecord_dir=data.arrayrecord_dir or None, tfds_name=data.tfds_name or None,
-        tfds_data_dir=data.tfds_data_dir or None, tfds_split=data.tfds_split)
+        tfds_data_dir=data.tfds_data_dir or None, tfds_split=data.tfds_split,
+        webdataset=data.webdataset or None)
   except ValueError as e:               # SourceSpec checks that exactly one source is given
     raise ConfigError(f"config.data: {e}") from None
 
