@@ -48,6 +48,7 @@ def main(argv):
   logging_setup.setup_logging(_WORKDIR.value, jax.process_index())
   from clic_jax.train import config as config_lib
   from clic_jax.train import trainer
+  from clic_jax.train import workdir as workdir_lib
   try:
     if config.get("demo"):
       from clic_jax import demo
@@ -58,7 +59,8 @@ def main(argv):
                                          summary["total_steps"],
                                          " (preempted; rerun to resume)" if summary["preempted"]
                                          else "")
-  except (config_lib.ConfigError, FileNotFoundError, trainer.NonFiniteLossError) as e:
+  except (config_lib.ConfigError, FileNotFoundError, trainer.NonFiniteLossError,
+          workdir_lib.WorkdirInUseError) as e:
     sys.exit(f"error: {e}")
 
 

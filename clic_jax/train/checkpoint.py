@@ -80,6 +80,14 @@ def _workdir(workdir) -> epath.Path:
   return path if remote.is_remote(workdir) else epath.Path(path.resolve())
 
 
+def latest_saved_step(workdir) -> int | None:
+  """The newest finished checkpoint's step in WORKDIR/checkpoints (None: none yet), from the
+  folder's names alone: no manager, no collective, so one process can ask before anything
+  compiles."""
+  steps = ocp.path.step.checkpoint_steps(_workdir(workdir) / "checkpoints")
+  return max(steps) if steps else None
+
+
 def write_model_info(workdir, model_name: str, cfg: ClipConfig) -> None:
   _workdir(workdir).mkdir(parents=True, exist_ok=True)
   info = {"name": model_name, "model_cfg": config_to_open_clip(cfg)}

@@ -110,6 +110,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.checkpoint_every_steps = 500
   c.keep_checkpoints = 3
   c.async_checkpointing = True
+  # WORKDIR/lock.json from another host whose heartbeat is older than this is taken over
+  # (clic_jax/train/workdir.py; a holder on this host is checked directly)
+  c.workdir_lock_timeout_s = 600.0
   c.tensorboard = True
   c.eval_every_steps = 0            # 0: no evaluation during training
   c.eval_batch_size = 256
@@ -398,11 +401,16 @@ class CheckpointSpec:
   every_steps: int
   keep: int
   use_async: bool
+  lock_timeout_s: float             # config.workdir_lock_timeout_s
 
   def __post_init__(self):
     if self.every_steps < 1 or self.keep < 1:
       raise ConfigError(f"config.checkpoint_every_steps={self.every_steps} and "
                         f"config.keep_checkpoints={self.keep} must be at least 1")
+    if not self.lock_timeout_s > 0:
+      raise ConfigError(f"config.workdir_lock_timeout_s={self.lock_timeout_s}: must be > 0 "
+                        "(seconds without a heartbeat after which another host's lock is taken "
+                        "over)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -522,7 +530,8 @@ def run_spec(config: ml_collections.ConfigDict) -> RunSpec:
           num_epochs=c.num_epochs, mode=data.mode, hard_negative_freq=c.hard_negative_freq,
           alternate_with_clip=c.alternate_with_clip, step_kinds=c.step_kinds),
       checkpointing=CheckpointSpec(every_steps=c.checkpoint_every_steps,
-                                   keep=c.keep_checkpoints, use_async=c.async_checkpointing),
+                                   keep=c.keep_checkpoints, use_async=c.async_checkpointing,
+                                   lock_timeout_s=c.workdir_lock_timeout_s),
       reporting=ReportSpec(
           log_every_steps=c.log_every_steps, tensorboard=c.tensorboard,
           eval_every_steps=c.eval_every_steps, eval_batch_size=c.eval_batch_size,

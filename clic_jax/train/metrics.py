@@ -31,10 +31,14 @@ class MetricsWriter:
   staging folder, which starts from the remote metrics.jsonl when a run resumes, and copied up
   whole every `sync_every_s` and on close. A failed copy is logged and retried at the next one;
   it never stops training.
+
+  `start_step`: the step the run starts from (its checkpoint's; 0 for a new run). Rows an earlier
+  run wrote for later steps, which this run redoes, are dropped first (drop_rows_after), so the
+  file holds one row per step of the run.
   """
 
   def __init__(self, workdir, enabled: bool = True, tensorboard: bool = True,
-               sync_every_s: float = 60.0):
+               sync_every_s: float = 60.0, start_step: int | None = None):
     self.enabled = enabled
     self._tb = None
     self._remote = str(workdir) if remote.is_remote(workdir) else None
@@ -50,6 +54,8 @@ class MetricsWriter:
     else:
       self.local_dir = Path(workdir)
       self.local_dir.mkdir(parents=True, exist_ok=True)
+    if start_step is not None:       # remote: the staged copy, which replaces the bucket's
+      drop_rows_after(self.local_dir / METRICS_FILE, start_step)
     self._sync_every_s, self._synced_at = sync_every_s, time.monotonic()
     self._jsonl = open(self.local_dir / METRICS_FILE, "a", buffering=1)   # line-buffered: tail -f
     if tensorboard:
@@ -96,6 +102,34 @@ class MetricsWriter:
         self._tb = None
       if self.sync() and self._remote:
         shutil.rmtree(self.local_dir, ignore_errors=True)     # all of it is in the bucket
+
+
+def drop_rows_after(path: Path, step: int) -> int:
+  """Rewrites the metrics file `path` without its rows past `step` and without lines that are not
+  whole rows (a process killed mid-write leaves half a line); returns how many lines went.
+
+  The file is replaced in one rename, so a kill during the rewrite leaves the old file.
+  """
+  if not path.is_file():
+    return 0
+  text = path.read_text()
+  lines = text.splitlines()
+  kept = []
+  for line in lines:
+    try:
+      row_step = json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):
+      continue
+    if isinstance(row_step, int) and row_step <= step:
+      kept.append(line)
+  if len(kept) == len(lines) and (not text or text.endswith("\n")):
+    return 0
+  tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+  tmp.write_text("".join(line + "\n" for line in kept))
+  tmp.replace(path)
+  log.info("%s: dropped %d rows past step %d, which this run redoes.", path,
+           len(lines) - len(kept), step)
+  return len(lines) - len(kept)
 
 
 class Progress:

@@ -1,7 +1,8 @@
 """The training loop: CLIC steps alternating with plain CLIP steps, on every device and host.
 
 Read top to bottom: run spec (config.run_spec: every check, before anything is read or compiled)
--> mesh -> input -> model and optimizer -> sharding -> update steps -> checkpoint/resume -> loop
+-> workdir claim (workdir.claim: the lock, the config checked against the checkpoint's) -> mesh
+-> input -> model and optimizer -> sharding -> update steps -> checkpoint/resume -> loop
 (log, evaluate, checkpoint, preemption) -> export.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ from clic_jax.train import metrics as metrics_lib
 from clic_jax.train import optimizer as opt_lib
 from clic_jax.train import remote as remote_lib
 from clic_jax.train import step as step_lib
+from clic_jax.train import workdir as workdir_lib
 
 log = logging.getLogger("clic_jax.train")
 
@@ -127,8 +129,17 @@ class _Preemption:
 
 
 def train(config, workdir: str | Path) -> dict[str, Any]:
-  """Trains (or resumes) in `workdir`; returns a summary with the final step and metrics."""
+  """Trains (or resumes) in `workdir`; returns a summary with the final step and metrics.
+
+  Before anything is read or compiled the run claims the workdir (workdir.claim): its lock, and
+  a config that its checkpoint accepts, recorded in WORKDIR/config.json.
+  """
   spec = config_lib.run_spec(config)
+  with workdir_lib.claim(workdir, config, stale_after_s=spec.checkpointing.lock_timeout_s):
+    return _train(spec, workdir)
+
+
+def _train(spec: config_lib.RunSpec, workdir: str | Path) -> dict[str, Any]:
   is_primary = jax.process_index() == 0
   cfg = spec.model.architecture
   schedule_spec, report = spec.schedule, spec.reporting
@@ -200,7 +211,9 @@ def train(config, workdir: str | Path) -> dict[str, Any]:
   step = int(jax.device_get(state.step))
 
   # Loop.
-  writer = metrics_lib.MetricsWriter(workdir, enabled=is_primary, tensorboard=report.tensorboard)
+  # start_step: rows an earlier run logged after the checkpoint resumed from are dropped (redone).
+  writer = metrics_lib.MetricsWriter(workdir, enabled=is_primary, tensorboard=report.tensorboard,
+                                     start_step=step)
   last_step = total_steps * micro
   progress = metrics_lib.Progress(last_step, step)
   pending: list[tuple[int, str, dict]] = []
