@@ -12,9 +12,11 @@
 #      open_clip comes from wheels in .whl/ when it is not installed (see benchmarks/RESULTS.md);
 #   4. extras for ViT-L-14: the plain CLIP step, the CLIC step with remat, with token rows cut
 #      to 48 (what trimming batches to their longest caption buys), and with the last blocks run
-#      for every token (what the pooled last block buys).
+#      for every token (what the pooled last block buys);
+#   5. exact gradient accumulation: ViT-B-16 at the paper's batch of 800, whole against 4
+#      micro-batches (memory and step time).
 # Output: $OUT/{machine.txt, accelerator.json, torch.json, clip.json, remat.json, len48.json,
-#         full_last_block.json, session.log}.
+#         full_last_block.json, grad_accum.json, session.log}.
 set -u
 OUT=${OUT:-/tmp/gpu_session}
 BUDGET_S=${BUDGET_S:-540}
@@ -64,4 +66,10 @@ for extra in "clip --remat=false clip" "clic --remat=true remat" "clic --text_le
       --json="$OUT/$3.json" 2>&1 | grep -v "^WARNING: All log messages" | tee -a "$OUT/session.log"
   fi
 done
+if [ "$(left)" -gt 60 ]; then
+  log "stage 5: exact gradient accumulation, ViT-B-16 batch 800, k=1,4 (left $(left) s)"
+  timeout $(( $(left) - 5 )) $PY -m benchmarks.grad_accum --model=ViT-B-16 --batch=800 \
+    --accum=1,4 --dtype=bfloat16 --no_trained_vision --json="$OUT/grad_accum.json" 2>&1 \
+    | tee -a "$OUT/session.log"
+fi
 log "done (left $(left) s)"

@@ -217,3 +217,17 @@ def test_pipeline_benchmark_reads_the_same_records_from_webdataset_shards(tmp_pa
   csv_source = sources.CsvSource(csv_path, root)
   assert [shards[i]["sentences"] for i in range(12)] == [csv_source[i]["sentences"]
                                                          for i in range(12)]
+
+
+def test_grad_accum_benchmark_tiny(tmp_path):
+  """The accumulation benchmark runs, its k=2 step computes the k=1 step's loss, and XLA plans
+  less memory for it (one micro-batch's activations alive at a time)."""
+  from benchmarks import grad_accum
+  result = grad_accum.run("tiny", 32, (1, 2), trained_vision=False, repeats=1,
+                          json_path=str(tmp_path / "grad_accum.json"))
+  whole, split = result["rows"]
+  assert (whole["micro_batches"], split["micro_batches"], split["micro_batch"]) == (1, 2, 16)
+  assert split["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+  assert split["temp_bytes"] < whole["temp_bytes"]
+  assert all(_positive(r["step_s"]) and _positive(r["peak_bytes"]) for r in result["rows"])
+  assert json.loads((tmp_path / "grad_accum.json").read_text()) == result

@@ -130,6 +130,7 @@ def test_bad_configs_fail_before_compiling(tmp_path, caption_dataset):
   csv_path, images = caption_dataset
   cases = [({"model.name": "ViT-X-99"}, "Known models"),
            ({"global_batch_size": 12}, "multiple of the device count"),
+           ({"optim.grad_accum_steps": 4}, "must be a multiple of 32"),   # 16 over 4 x 8
            ({"data.csv": str(tmp_path / "missing.csv")}, "does not exist"),
            ({"init_from": str(tmp_path / "nope" / "w.safetensors")}, "init_from"),
            ({"mesh.fsdp": 3}, "fsdp"),

@@ -97,7 +97,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.optim.b1 = 0.9
   c.optim.b2 = 0.98
   c.optim.eps = 1e-8
-  c.optim.grad_accum_steps = 1
+  c.optim.grad_accum_steps = 1      # k > 1: each update's batch in k micro-batches, exactly
   c.optim.clip_grad_norm = 0.0      # 0: off, like the reference
   c.freeze = ("^visual/",)          # regexes on parameter paths; the reference freezes the ViT
   # False reproduces the reference, never clamped (docs/method.md, "Logit scale")
@@ -230,7 +230,7 @@ class OptimizerSpec:
   b1: float
   b2: float
   eps: float
-  grad_accum_steps: int
+  grad_accum_steps: int             # micro-batches per update (exact: train/step.py)
   clip_grad_norm: float | None      # None: off (config value 0)
   freeze: tuple[str, ...]           # regexes on parameter paths; empty entries dropped
   clamp_logit_scale: bool
@@ -252,8 +252,7 @@ class OptimizerSpec:
     return opt_lib.make_optimizer(
         params, total_steps=total_steps, lr=self.lr, lr_start=self.lr_start, lr_end=self.lr_end,
         warmup_fraction=self.warmup_fraction, weight_decay=self.weight_decay, b1=self.b1,
-        b2=self.b2, eps=self.eps, freeze=self.freeze, grad_accum_steps=self.grad_accum_steps,
-        clip_grad_norm=self.clip_grad_norm)
+        b2=self.b2, eps=self.eps, freeze=self.freeze, clip_grad_norm=self.clip_grad_norm)
 
 
 # loss.hard_negative_sets -> how many leading positive sets the separate 2-way term averages over.
@@ -389,11 +388,11 @@ class ScheduleSpec:
       raise ConfigError(f"config.step_kinds={self.step_kinds!r}: a comma list of "
                         f"{modes.HARD_STEP}/{modes.CLIP_STEP_NAME}") from None
 
-  def optimizer_updates(self, steps_per_epoch: int, grad_accum_steps: int) -> int:
-    """The run's length in optimizer updates; each takes grad_accum_steps batches."""
+  def optimizer_updates(self, steps_per_epoch: int) -> int:
+    """The run's length in optimizer updates, one per global batch."""
     if self.total_steps > 0:
       return self.total_steps
-    return max(1, self.num_epochs * steps_per_epoch // grad_accum_steps)
+    return max(1, self.num_epochs * steps_per_epoch)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -456,6 +455,12 @@ class RunSpec:
       raise ConfigError(f"config.mesh.fsdp={self.fsdp} must divide the device count "
                         f"({jax.device_count()}).")
     self.loss.check_read_by(self.schedule.pattern, self.schedule.mode)
+    k, batch = self.optim.grad_accum_steps, self.schedule.global_batch_size
+    if batch % (k * jax.device_count()):
+      raise ConfigError(
+          f"config.global_batch_size={batch} with optim.grad_accum_steps={k}: each of the {k} "
+          f"micro-batches must split evenly over the {jax.device_count()} devices, so the batch "
+          f"must be a multiple of {k * jax.device_count()}.")
     text = self.model.architecture.text
     if (not models.rows_trimmable(self.model.architecture)
         and self.data.context_length != text.context_length):

@@ -28,6 +28,11 @@ def batch_sharding(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P(BATCH_AXES))
 
 
+def micro_batch_sharding(mesh: Mesh) -> NamedSharding:
+  """A batch split into micro-batches, (k, B/k, ...): each micro-batch over all devices."""
+  return NamedSharding(mesh, P(None, BATCH_AXES))
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
   return NamedSharding(mesh, P())
 

@@ -214,8 +214,7 @@ def merge(trainable, frozen):
 def make_optimizer(params, *, total_steps: int, lr: float, lr_start: float, lr_end: float,
                    warmup_fraction: float, weight_decay: float = 0.1, b1: float = 0.9,
                    b2: float = 0.98, eps: float = 1e-8, freeze: Sequence[str] = (),
-                   grad_accum_steps: int = 1, clip_grad_norm: float | None = None
-                   ) -> optax.GradientTransformation:
+                   clip_grad_norm: float | None = None) -> optax.GradientTransformation:
   """AdamW (torch semantics) with the warmup + cosine schedule, on the trainable parameters only.
 
   `params` is the full parameter tree; it is used to check the config (freeze patterns that match
@@ -226,14 +225,12 @@ def make_optimizer(params, *, total_steps: int, lr: float, lr_start: float, lr_e
       masks them out of AdamW's moments).
   Labels and decay masks are computed from parameter paths, so both trees give the same update.
 
-  `total_steps` counts optimizer updates. With `grad_accum_steps` = k > 1 the transformation is
-  wrapped in optax.MultiSteps: it averages k micro-batch gradients and updates (and advances the
-  schedule) on every k-th call, returning zero updates in between. `clip_grad_norm` (None = off,
-  like the reference) clips the (accumulated) gradient's global norm before AdamW.
+  `total_steps` counts optimizer updates (gradient accumulation happens inside the train step, so
+  every call is one update). `clip_grad_norm` (None = off, like the reference) clips the
+  gradient's global norm before AdamW.
   """
   check_hyperparameters(lr=lr, lr_start=lr_start, lr_end=lr_end, warmup_fraction=warmup_fraction,
-                        weight_decay=weight_decay, grad_accum_steps=grad_accum_steps,
-                        clip_grad_norm=clip_grad_norm)
+                        weight_decay=weight_decay, clip_grad_norm=clip_grad_norm)
   patterns = _compile_patterns(freeze)
   mask = trainable_mask(params, freeze)
   if not any(jax.tree_util.tree_leaves(mask)):
@@ -245,8 +242,6 @@ def make_optimizer(params, *, total_steps: int, lr: float, lr_start: float, lr_e
                       mask=weight_decay_mask)
   inner = adamw if clip_grad_norm is None else optax.chain(
       optax.clip_by_global_norm(clip_grad_norm), adamw)
-  if grad_accum_steps > 1:
-    inner = optax.MultiSteps(inner, every_k_schedule=grad_accum_steps)
 
   def labels(tree):
     return jax.tree_util.tree_map_with_path(

@@ -153,8 +153,7 @@ def _train(spec: config_lib.RunSpec, workdir: str | Path) -> dict[str, Any]:
     source = sources_lib.open_source(pcfg.source, num_threads=pcfg.num_threads or 16)
   except FileNotFoundError as e:       # the reader knows what is missing; still a config value
     raise config_lib.ConfigError(f"config.data: {e}") from None
-  micro = spec.optim.grad_accum_steps
-  total_steps = schedule_spec.optimizer_updates(pipeline_lib.steps_per_epoch(pcfg, source), micro)
+  total_steps = schedule_spec.optimizer_updates(pipeline_lib.steps_per_epoch(pcfg, source))
   data_iter = pipeline_lib.make_train_iterator(pcfg, source=source, tokenize_fn=spec.tokenize_fn())
   kinds = {kind.name: kind for kind in pcfg.pattern}
 
@@ -187,8 +186,9 @@ def _train(spec: config_lib.RunSpec, workdir: str | Path) -> dict[str, Any]:
       norm = images_lib.normalization_constants(image_norm) if image_norm else None
       steps[kind, image_norm] = jax.jit(
           step_lib.make_train_step(model, tx, kinds[kind], spec.loss,
-                                   spec.optim.clamp_logit_scale, lambda s: schedule(s // micro),
-                                   image_norm=norm),
+                                   spec.optim.clamp_logit_scale, schedule, image_norm=norm,
+                                   micro_batches=spec.optim.grad_accum_steps,
+                                   micro_sharding=mesh_lib.micro_batch_sharding(mesh)),
           in_shardings=(state_sharding, mesh_lib.batch_sharding(mesh)),
           out_shardings=(state_sharding, mesh_lib.replicated(mesh)), donate_argnums=0)
     return steps[kind, image_norm]
@@ -214,7 +214,7 @@ def _train(spec: config_lib.RunSpec, workdir: str | Path) -> dict[str, Any]:
   # start_step: rows an earlier run logged after the checkpoint resumed from are dropped (redone).
   writer = metrics_lib.MetricsWriter(workdir, enabled=is_primary, tensorboard=report.tensorboard,
                                      start_step=step)
-  last_step = total_steps * micro
+  last_step = total_steps
   progress = metrics_lib.Progress(last_step, step)
   pending: list[tuple[int, str, dict]] = []
   pipeline_counts: collections.Counter[str] = collections.Counter()
