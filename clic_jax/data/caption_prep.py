@@ -138,20 +138,23 @@ def write_reference_csv(rows: Iterable[tuple[url_tables.TableRow, list[str]]], p
 
 
 def parse_args(argv=None):
-  parser = argparse.ArgumentParser(
-      prog="python -m clic_jax.data.caption_prep",
-      description="Caption table (CSV or parquet) -> reference CSV: URL or path, first sentence, "
-                  "extra sentences; plus a report of dropped rows by reason.")
-  parser.add_argument("--input", required=True,
-                      help="CSV / CSV.gz / parquet files: a comma list, a directory or a glob")
-  parser.add_argument("--out", required=True, help="output CSV (the share number is added)")
-  add_table_flags(parser)
+  parser = table_parser(
+      "python -m clic_jax.data.caption_prep",
+      "Caption table (CSV or parquet) -> reference CSV: URL or path, first sentence, extra "
+      "sentences; plus a report of dropped rows by reason.",
+      ("--input", "CSV / CSV.gz / parquet files: a comma list, a directory or a glob"),
+      ("--out", "output CSV (the share number is added)"))
   work_shares.add_flags(parser, "the input rows (row %% num_shards == shard_index)")
   return parser.parse_args(argv)
 
 
-def add_table_flags(parser: argparse.ArgumentParser) -> None:
-  """How to read a caption table (this CLI's and the download's)."""
+def table_parser(prog: str, description: str, source: tuple[str, str],
+                 out: tuple[str, str]) -> argparse.ArgumentParser:
+  """A CLI that reads caption tables (this one and the download): its required input and output
+  flags, each (name, help), and how to read the tables."""
+  parser = argparse.ArgumentParser(prog=prog, description=description)
+  for name, help_text in (source, out):
+    parser.add_argument(name, required=True, help=help_text)
   parser.add_argument("--split_long_captions", action="store_true",
                       help="each caption cell is a long caption (PixelProse): strip the authors' "
                            "opening phrases and split into sentences like their dataset script")
@@ -160,6 +163,7 @@ def add_table_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--caption_columns", default="",
                       help="comma list of caption columns (default 'caption'; PixelProse: "
                            "vlm_caption); a CSV without header: every column after the first")
+  return parser
 
 
 def caption_columns(flag: str) -> list[str] | None:

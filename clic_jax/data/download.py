@@ -43,7 +43,6 @@ X-Robots-Tag noai/noindex headers (counted as disallowed_by_site).
 """
 from __future__ import annotations
 
-import argparse
 import collections
 import contextlib
 import json
@@ -317,14 +316,12 @@ def download(args) -> dict:
 
 
 def parse_args(argv=None):
-  parser = argparse.ArgumentParser(
-      prog="python -m clic_jax.data.download",
-      description="Download a URL list with captions into webdataset shards (img2dataset). "
-                  "Re-running the same command finishes an interrupted download.")
-  parser.add_argument("--urls", required=True,
-                      help="CSV / CSV.gz / parquet URL list(s): comma list, directory or glob")
-  parser.add_argument("--out", required=True, help="output directory (shards + report.json)")
-  caption_prep.add_table_flags(parser)
+  parser = caption_prep.table_parser(
+      "python -m clic_jax.data.download",
+      "Download a URL list with captions into webdataset shards (img2dataset). Re-running the "
+      "same command finishes an interrupted download.",
+      ("--urls", "CSV / CSV.gz / parquet URL list(s): comma list, directory or glob"),
+      ("--out", "output directory (shards + report.json)"))
   parser.add_argument("--image_size", type=int, default=256,
                       help="shorter side of the stored images at most this (0: keep full size)")
   parser.add_argument("--encode_quality", type=int, default=95, help="JPEG quality")
