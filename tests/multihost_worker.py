@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument(f"--{flag}", required=True)
   parser.add_argument("--buckets", default="")
   parser.add_argument("--fsdp", type=int, default=1)
+  parser.add_argument("--grad_accum_steps", type=int, default=1)
   parser.add_argument("--sugarcrepe_dir", default="", help="evaluate SugarCrepe at the last step")
   parser.add_argument("--coco_dir", default="")
   parser.add_argument("--export", action="store_true", help="export open_clip weights at the end")
@@ -45,6 +46,7 @@ def main() -> None:
   config.checkpoint_every_steps = args.steps
   config.data.text_length_buckets = args.buckets
   config.mesh.fsdp = args.fsdp
+  config.optim.grad_accum_steps = args.grad_accum_steps
   config.export_open_clip = args.export
   config.debug_sigterm_at_step = args.sigterm_at_step
   if args.sugarcrepe_dir:

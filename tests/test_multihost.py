@@ -6,10 +6,11 @@ trainer's multi-host paths run for real.
    here: both hosts train every step with the same lengths, at least one host's own rows were
    shorter than the agreed length (so the agreement was needed), and the losses equal those of the
    same two-host run on full 77-token rows.
-2. FSDP over both hosts (each holds only slices of the parameters) through a preemption, a resume,
-   an evaluation and the open_clip export, against the same run data-parallel: the hosts must
-   gather the slices for evaluation and export, and a single process must be able to load the
-   pod's checkpoint.
+2. FSDP over both hosts (each holds only slices of the parameters), with each update's batch
+   accumulated in 2 micro-batches, through a preemption, a resume, an evaluation and the open_clip
+   export, against the same run data-parallel without accumulation: the hosts must gather the
+   slices for evaluation and export, a single process must be able to load the pod's checkpoint,
+   and exact accumulation across hosts must leave the losses unchanged.
 """
 from __future__ import annotations
 
@@ -126,9 +127,12 @@ def test_fsdp_over_two_hosts_resumes_evaluates_and_exports_like_data_parallel(tm
   evals = [f"--sugarcrepe_dir={world['sugarcrepe_dir']}", f"--coco_dir={world['coco_dir']}",
            "--export"]
   fsdp, dp = tmp_path / "fsdp", tmp_path / "dp"
-  preempted, _ = _train_on_two_hosts(fsdp, csv_path, images, "--fsdp=4", "--sigterm_at_step=2",
+  # The FSDP run also accumulates each update's batch in 2 micro-batches (exact accumulation across
+  # hosts): its losses must still be those of the plain data-parallel run.
+  sharded = ("--fsdp=4", "--grad_accum_steps=2")
+  preempted, _ = _train_on_two_hosts(fsdp, csv_path, images, *sharded, "--sigterm_at_step=2",
                                      *evals)
-  resumed, fsdp_rows = _train_on_two_hosts(fsdp, csv_path, images, "--fsdp=4", *evals)
+  resumed, fsdp_rows = _train_on_two_hosts(fsdp, csv_path, images, *sharded, *evals)
   plain, dp_rows = _train_on_two_hosts(dp, csv_path, images, "--fsdp=1", *evals)
 
   assert [(s["step"], s["preempted"]) for s in preempted] == [(2, True)] * HOSTS
