@@ -170,20 +170,3 @@ def test_micro_batch_split_round_trips():
   split = np.stack([sets[:, i::4] for i in range(4)])              # (k, K, B/k, D)
   np.testing.assert_array_equal(step_lib.join_micro_batches(split, axis=1), sets)
 
-
-def test_trainer_counts_optimizer_updates(tmp_path, caption_dataset):
-  """Through the trainer with grad_accum_steps=2: every unit (total_steps, log rows, checkpoints)
-  counts updates, and the CLIC/CLIP pattern advances once per update (each update is of one kind;
-  the tests above show its gradient is the full batch's)."""
-  from clic_jax.train import trainer
-  from tests.test_train import read_metrics, tiny_config
-  config = tiny_config(*caption_dataset, total_steps=4, checkpoint_every_steps=2,
-                       **{"optim.grad_accum_steps": 2})
-  assert trainer.train(config, tmp_path)["step"] == 4
-  rows = read_metrics(tmp_path)
-  assert [r["step"] for r in rows] == [1, 2, 3, 4]
-  assert ["clic/loss" in r for r in rows] == [True, False, True, False]
-  assert ["clip/loss" in r for r in rows] == [False, True, False, True]
-  assert all(r["examples_per_s"] > 0 for r in rows)
-  saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
-  assert saved == [2, 4]

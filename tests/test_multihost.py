@@ -148,6 +148,8 @@ def test_fsdp_over_two_hosts_resumes_evaluates_and_exports_like_data_parallel(tm
   # uninterrupted data-parallel run.
   train_rows = lambda rows: [r for r in rows if "loss" in r]
   assert [r["step"] for r in train_rows(fsdp_rows)] == list(range(1, STEPS + 1))
+  # With accumulation every count is in updates, and each update is of one kind, alternating.
+  assert ["clic/loss" in r for r in train_rows(fsdp_rows)] == [True, False] * (STEPS // 2)
   np.testing.assert_allclose([r["loss"] for r in train_rows(fsdp_rows)],
                              [r["loss"] for r in train_rows(dp_rows)], rtol=1e-5)
 
