@@ -71,3 +71,15 @@ def rule_pos_pipeline():
     nlp.add_pipe("clic_test_rule_pos", config={"tags": dict(tags)})
     return nlp
   return build
+
+
+# The slowest test files first: pytest-xdist (--dist loadfile) hands whole files to the workers in
+# collection order, so a long file collected last would leave one worker running alone at the end.
+_SLOW_FILES_FIRST = ("test_multihost.py", "test_train.py", "test_demo.py", "test_grad_accum.py",
+                     "test_experiment_smoke.py", "test_clipa_training.py",
+                     "test_benchmarks_smoke.py", "test_workdir.py", "test_download.py")
+
+
+def pytest_collection_modifyitems(config, items):
+  rank = {name: i for i, name in enumerate(_SLOW_FILES_FIRST)}
+  items.sort(key=lambda item: rank.get(item.path.name, len(rank)))   # stable: file order kept
