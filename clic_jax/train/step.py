@@ -4,9 +4,9 @@ A batch goes: texts (B, K, L) -> one batched encode_text call over all K*B capti
 positives + 1 negative for CLIC, 1 for CLIP) -> L2-normalize -> loss over the global batch (the
 reference's multi-GPU loss; docs/method.md, "Embeddings and the global batch") -> gradient w.r.t.
 the trainable half of the parameters only; with gradient accumulation the same gradient, from k
-micro-batches at a time (exact: the feature cache below). The frozen half (the vision tower by default) is a
-constant of the differentiated function, so XLA runs no backward pass through it and the optimizer
-keeps no state for it.
+micro-batches at a time (exact: the feature cache below). The frozen half (the vision tower by
+default) is a constant of the differentiated function, so XLA runs no backward pass through it and
+the optimizer keeps no state for it.
 """
 from __future__ import annotations
 
